@@ -1,0 +1,17 @@
+//! ponix-writer: stores `ProcessedEnvelope` messages from NATS JetStream in ClickHouse.
+//!
+//! Modules follow the data path: [`config`] → [`envelope`] (decode and validate) →
+//! [`payload`] (Struct ↔ JSON) → [`row`] (conversion) → [`store`] (ClickHouse) →
+//! [`consumer`] (JetStream) → [`run`] (wiring, shutdown).
+
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod envelope;
+pub mod http;
+pub mod metrics;
+pub mod migrate;
+pub mod payload;
+pub mod row;
+pub mod run;
+pub mod store;

@@ -1,0 +1,242 @@
+//! RAII handles on ClickHouse and NATS processes, for tests and drills that
+//! stop, freeze or restart them.
+//!
+//! A test that breaks its infrastructure should start a private instance
+//! ([`Managed::private_clickhouse`], [`Managed::private_nats`]) so that tests
+//! running beside it are not disturbed. The drills, which own the whole
+//! environment, use the shared processes `cargo xtask up` started
+//! ([`Managed::shared`]). The calls block briefly while they wait for a process
+//! to answer or to exit.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+use localenv::local::{self, CLICKHOUSE, DATABASE, NATS};
+use localenv::net::free_port;
+use localenv::process::Recorded;
+
+use crate::endpoints::{Endpoints, HOW_TO_START};
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Nats,
+    ClickHouse,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Nats => NATS,
+            Kind::ClickHouse => CLICKHOUSE,
+        }
+    }
+}
+
+/// A NATS or ClickHouse process under a test's control.
+#[derive(Debug)]
+pub struct Managed {
+    kind: Kind,
+    port: u16,
+    process: Recorded,
+    /// Set for private instances: their scratch directory, removed on drop
+    /// together with the process.
+    scratch: Option<PathBuf>,
+}
+
+impl Managed {
+    /// A chDB-backed ClickHouse of the test's own: free port, empty data
+    /// directory, database `ponix` created. Killed and deleted on drop.
+    pub fn private_clickhouse() -> anyhow::Result<Managed> {
+        let layout = Layout::workspace();
+        let scratch = scratch_dir("clickhouse")?;
+        let port = free_port()?;
+        let argv = local::chdb_argv(&layout, port, &scratch.join("data"))?;
+        let managed = Managed::spawn_private(Kind::ClickHouse, port, argv, scratch)?;
+        local::create_database(port, DATABASE)?;
+        Ok(managed)
+    }
+
+    /// A JetStream-enabled nats-server of the test's own. Killed and deleted on drop.
+    pub fn private_nats() -> anyhow::Result<Managed> {
+        let layout = Layout::workspace();
+        let scratch = scratch_dir("nats")?;
+        let port = free_port()?;
+        let argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
+        Managed::spawn_private(Kind::Nats, port, argv, scratch)
+    }
+
+    fn spawn_private(
+        kind: Kind,
+        port: u16,
+        argv: Vec<std::ffi::OsString>,
+        scratch: PathBuf,
+    ) -> anyhow::Result<Managed> {
+        let log = scratch.join(format!("{}.log", kind.name()));
+        let process = Recorded::spawn(kind.name(), argv, &scratch, &log)?;
+        let managed = Managed {
+            kind,
+            port,
+            process,
+            scratch: Some(scratch),
+        };
+        managed.wait_ready()?;
+        Ok(managed)
+    }
+
+    /// The process `cargo xtask up` started. It is left running on drop.
+    pub fn shared(endpoints: &Endpoints, kind: Kind) -> anyhow::Result<Managed> {
+        let run_dir = endpoints.run_dir.clone().with_context(|| {
+            format!("the endpoints were not started by `cargo xtask up`, so their processes cannot be controlled: {HOW_TO_START}")
+        })?;
+        let layout = Layout::workspace();
+        let log = local::log_file(&layout, kind.name());
+        let process = Recorded::find(kind.name(), &run_dir, &log)?
+            .with_context(|| format!("{} is not running: {HOW_TO_START}", kind.name()))?;
+        let port = match kind {
+            Kind::Nats => endpoints.nats_port()?,
+            Kind::ClickHouse => endpoints.clickhouse_port()?,
+        };
+        Ok(Managed {
+            kind,
+            port,
+            process,
+            scratch: None,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Kind::ClickHouse => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing until the guard drops.
+    pub fn freeze(&self) -> anyhow::Result<Frozen<'_>> {
+        self.process.freeze()?;
+        Ok(Frozen { managed: self })
+    }
+
+    /// SIGTERM and wait for exit. The guard starts it again (same port, same
+    /// data) when dropped, or explicitly with [`Stopped::start`].
+    pub fn stop(&mut self) -> anyhow::Result<Stopped<'_>> {
+        self.process.stop(STOP_TIMEOUT)?;
+        Ok(Stopped {
+            managed: Some(self),
+        })
+    }
+
+    /// SIGKILL, as a crash would; the guard restarts it like [`Managed::stop`]'s.
+    pub fn kill(&mut self) -> anyhow::Result<Stopped<'_>> {
+        self.process.kill()?;
+        Ok(Stopped {
+            managed: Some(self),
+        })
+    }
+
+    /// Stop, start again on the same port and data, and wait until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?.start()
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        if self.process.is_alive() {
+            bail!("{} is already running", self.kind.name());
+        }
+        self.process.restart()?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        match self.kind {
+            Kind::Nats => local::wait_nats_ready(&self.process, self.port),
+            Kind::ClickHouse => local::wait_clickhouse_ready(&self.process, self.port),
+        }
+    }
+
+    /// The end of the process log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.scratch.take() {
+            let _ = self.process.kill();
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+/// Resumes the frozen process when dropped.
+#[must_use = "the process is resumed when the guard drops"]
+pub struct Frozen<'a> {
+    managed: &'a Managed,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.managed.process.resume() {
+            eprintln!("could not resume {}: {err:#}", self.managed.kind.name());
+        }
+    }
+}
+
+/// Starts the stopped process again when dropped.
+#[must_use = "the process is started again when the guard drops"]
+pub struct Stopped<'a> {
+    managed: Option<&'a mut Managed>,
+}
+
+impl Stopped<'_> {
+    /// Starts the process and waits until it answers.
+    pub fn start(mut self) -> anyhow::Result<()> {
+        match self.managed.take() {
+            Some(managed) => managed.start(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(managed) = self.managed.take() {
+            if let Err(err) = managed.start() {
+                eprintln!("could not start {} again: {err:#}", managed.kind.name());
+            }
+        }
+    }
+}
+
+fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = Layout::workspace()
+        .tools_dir()
+        .join("scratch")
+        .join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

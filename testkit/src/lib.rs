@@ -1,0 +1,17 @@
+//! Test support for the workspace.
+//!
+//! - [`endpoints`]: finds the NATS and ClickHouse endpoints that `cargo xtask up`
+//!   started (from the environment or `.tools/run/endpoints.env`).
+//! - [`harness`]: the `main` of integration-test binaries. Without endpoints the
+//!   tests are reported as ignored, with the command that runs them; under
+//!   `cargo xtask e2e` (`PONIX_REQUIRE_INFRA=1`) missing endpoints fail instead.
+//! - [`infra`]: RAII handles that stop, freeze and restart ClickHouse and NATS,
+//!   either private instances a test starts for itself or the shared ones.
+//! - [`strategies`]: the one module of proptest strategies.
+
+pub mod endpoints;
+pub mod harness;
+pub mod infra;
+pub mod strategies;
+
+pub use endpoints::Endpoints;

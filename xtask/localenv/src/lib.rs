@@ -1,0 +1,10 @@
+//! The local backend, shared by xtask (which starts and stops it) and testkit
+//! (which finds it, and freezes or restarts its processes in failure drills).
+//! Standard library only, so that xtask stays quick to compile.
+
+pub mod layout;
+pub mod local;
+pub mod net;
+pub mod process;
+
+pub use layout::Layout;

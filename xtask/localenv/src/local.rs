@@ -1,0 +1,433 @@
+//! The local backend: nats-server and a ClickHouse HTTP endpoint as plain processes.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::layout::Layout;
+use crate::net::{self, free_port, http_get, http_post, wait_until};
+use crate::process::{Recorded, log_tail};
+
+pub const NATS: &str = "nats";
+pub const CLICKHOUSE: &str = "clickhouse";
+pub const DATABASE: &str = "ponix";
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which ClickHouse engine backs the HTTP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The chDB-backed Python server under xtask/chdb_server (test and dev only).
+    Chdb,
+    /// A real `clickhouse server` binary found on PATH.
+    Server,
+}
+
+impl Engine {
+    /// `None` picks `server` where a `clickhouse` binary is on PATH, else chDB.
+    pub fn parse(choice: Option<&str>) -> anyhow::Result<Engine> {
+        match choice {
+            Some("chdb") => Ok(Engine::Chdb),
+            Some("server") => {
+                find_on_path("clickhouse").context(
+                    "`--clickhouse server` needs a `clickhouse` binary on PATH; \
+                     use `--clickhouse chdb` or install ClickHouse",
+                )?;
+                Ok(Engine::Server)
+            }
+            Some(other) => {
+                bail!("unknown ClickHouse engine {other:?}: expected `chdb` or `server`")
+            }
+            None if find_on_path("clickhouse").is_some() => Ok(Engine::Server),
+            None => Ok(Engine::Chdb),
+        }
+    }
+}
+
+/// Addresses of a running local environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub nats_port: u16,
+    pub clickhouse_port: u16,
+}
+
+impl Endpoints {
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    pub fn clickhouse_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.clickhouse_port)
+    }
+
+    /// The variables the writer, goose and the tests read.
+    pub fn env_vars(&self, layout: &Layout) -> Vec<(&'static str, String)> {
+        vec![
+            ("PONIX_NATS_URL", self.nats_url()),
+            ("PONIX_CLICKHOUSE_URL", self.clickhouse_url()),
+            ("PONIX_CLICKHOUSE_DATABASE", DATABASE.into()),
+            ("PONIX_CLICKHOUSE_USERNAME", "default".into()),
+            ("PONIX_CLICKHOUSE_PASSWORD", String::new()),
+            (
+                "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
+                layout.migrations_dir().display().to_string(),
+            ),
+            (
+                "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+                layout.goose().display().to_string(),
+            ),
+            ("PONIX_TEST_RUN_DIR", layout.run_dir().display().to_string()),
+        ]
+    }
+
+    /// `export KEY=value` lines for POSIX shells.
+    pub fn exports(&self, layout: &Layout) -> String {
+        self.env_vars(layout)
+            .into_iter()
+            .map(|(key, value)| format!("export {key}={}\n", shell_quote(&value)))
+            .collect()
+    }
+}
+
+/// Starts both processes, waits until they answer, creates the database and writes
+/// the env file. An environment that is already up is reused as it is.
+pub fn up(layout: &Layout, engine: Engine) -> anyhow::Result<Endpoints> {
+    if let Some(endpoints) = running(layout)? {
+        eprintln!("the local environment is already running (stop it with `cargo xtask down`)");
+        return Ok(endpoints);
+    }
+    // A half-started environment (one process died) is replaced as a whole.
+    down(layout)?;
+
+    let endpoints = Endpoints {
+        nats_port: free_port()?,
+        clickhouse_port: free_port()?,
+    };
+    if let Err(err) = start_and_wait(layout, engine, &endpoints) {
+        dump_logs(layout);
+        down(layout)?;
+        return Err(err);
+    }
+    let env_file = layout.env_file();
+    fs::write(&env_file, endpoints.exports(layout))
+        .with_context(|| format!("writing {}", env_file.display()))?;
+    Ok(endpoints)
+}
+
+fn start_and_wait(layout: &Layout, engine: Engine, endpoints: &Endpoints) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!("starting nats-server on 127.0.0.1:{}", endpoints.nats_port);
+    let nats_store = layout.data_dir().join(NATS);
+    let nats = Recorded::spawn(
+        NATS,
+        nats_argv(layout, endpoints.nats_port, &nats_store)?,
+        &layout.run_dir(),
+        &log_file(layout, NATS),
+    )?;
+
+    eprintln!(
+        "starting ClickHouse ({engine:?}) on 127.0.0.1:{}",
+        endpoints.clickhouse_port
+    );
+    let clickhouse_data = layout.data_dir().join(CLICKHOUSE);
+    let argv = match engine {
+        Engine::Chdb => chdb_argv(layout, endpoints.clickhouse_port, &clickhouse_data)?,
+        Engine::Server => {
+            clickhouse_server_argv(layout, endpoints.clickhouse_port, &clickhouse_data)?
+        }
+    };
+    let clickhouse = Recorded::spawn(
+        CLICKHOUSE,
+        argv,
+        &layout.run_dir(),
+        &log_file(layout, CLICKHOUSE),
+    )?;
+
+    wait_nats_ready(&nats, endpoints.nats_port)?;
+    eprintln!("nats-server ready after {:.1?}", started.elapsed());
+    wait_clickhouse_ready(&clickhouse, endpoints.clickhouse_port)?;
+    eprintln!("ClickHouse ready after {:.1?}", started.elapsed());
+    create_database(endpoints.clickhouse_port, DATABASE)
+}
+
+/// Waits until NATS answers a JetStream account-info request, failing early if
+/// the process has exited.
+pub fn wait_nats_ready(process: &Recorded, port: u16) -> anyhow::Result<()> {
+    wait_until(
+        "nats-server (JetStream account info)",
+        READY_TIMEOUT,
+        || {
+            ensure_alive(process)?;
+            net::nats_jetstream_ready(port)
+        },
+    )
+}
+
+/// Waits until ClickHouse answers `/ping` and `SELECT 1`.
+pub fn wait_clickhouse_ready(process: &Recorded, port: u16) -> anyhow::Result<()> {
+    wait_until("ClickHouse (/ping and SELECT 1)", READY_TIMEOUT, || {
+        ensure_alive(process)?;
+        clickhouse_ready(port)
+    })
+}
+
+fn ensure_alive(process: &Recorded) -> anyhow::Result<()> {
+    if !process.is_alive() {
+        bail!(
+            "{} exited; its log ends with:\n{}",
+            process.name,
+            process.log_tail(20)
+        );
+    }
+    Ok(())
+}
+
+pub fn clickhouse_ready(port: u16) -> anyhow::Result<()> {
+    let ping = http_get(port, "/ping")?;
+    if ping.status != 200 || ping.body.trim() != "Ok." {
+        bail!("/ping answered {} {:?}", ping.status, ping.body);
+    }
+    let select = http_post(port, "/", "SELECT 1")?;
+    if select.status != 200 || select.body.trim() != "1" {
+        bail!("SELECT 1 answered {} {:?}", select.status, select.body);
+    }
+    Ok(())
+}
+
+pub fn create_database(port: u16, database: &str) -> anyhow::Result<()> {
+    let response = http_post(
+        port,
+        "/",
+        &format!("CREATE DATABASE IF NOT EXISTS {database}"),
+    )
+    .context("creating the database")?;
+    if response.status != 200 {
+        bail!(
+            "creating database {database} failed: {}",
+            response.body.trim()
+        );
+    }
+    Ok(())
+}
+
+pub fn nats_argv(layout: &Layout, port: u16, store_dir: &Path) -> anyhow::Result<Vec<OsString>> {
+    let binary = layout.nats_server();
+    if !binary.exists() {
+        bail!(
+            "nats-server not found at {}: run `cargo xtask tools`",
+            binary.display()
+        );
+    }
+    Ok(vec![
+        binary.into(),
+        "--addr".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string().into(),
+        "--jetstream".into(),
+        "--store_dir".into(),
+        store_dir.into(),
+    ])
+}
+
+pub fn chdb_argv(layout: &Layout, port: u16, data_dir: &Path) -> anyhow::Result<Vec<OsString>> {
+    let python = layout.venv_python();
+    if !python.exists() {
+        bail!(
+            "the chDB virtualenv is missing at {}: run `cargo xtask tools`",
+            python.display()
+        );
+    }
+    Ok(vec![
+        python.into(),
+        layout.chdb_server_dir().join("server.py").into(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string().into(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ])
+}
+
+fn clickhouse_server_argv(
+    layout: &Layout,
+    http_port: u16,
+    data: &Path,
+) -> anyhow::Result<Vec<OsString>> {
+    let binary = find_on_path("clickhouse").context("no `clickhouse` binary on PATH")?;
+    fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let config = layout.run_dir().join("clickhouse-server.xml");
+    fs::write(
+        &config,
+        clickhouse_server_config(data, http_port, free_port()?),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    Ok(vec![
+        binary.into(),
+        "server".into(),
+        format!("--config-file={}", config.display()).into(),
+    ])
+}
+
+/// A minimal single-node config: loopback only, one passwordless `default` user.
+fn clickhouse_server_config(data: &Path, http_port: u16, tcp_port: u16) -> String {
+    let data = data.display();
+    format!(
+        r#"<clickhouse>
+    <logger><level>information</level><console>1</console></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <path>{data}/</path>
+    <tmp_path>{data}/tmp/</tmp_path>
+    <user_files_path>{data}/user_files/</user_files_path>
+    <format_schema_path>{data}/format_schemas/</format_schema_path>
+    <mark_cache_size>268435456</mark_cache_size>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <access_management>1</access_management>
+        </default>
+    </users>
+    <profiles><default/></profiles>
+    <quotas><default/></quotas>
+</clickhouse>
+"#
+    )
+}
+
+pub fn log_file(layout: &Layout, name: &str) -> PathBuf {
+    layout.logs_dir().join(format!("{name}.log"))
+}
+
+pub fn find_process(layout: &Layout, name: &str) -> anyhow::Result<Option<Recorded>> {
+    Recorded::find(name, &layout.run_dir(), &log_file(layout, name))
+}
+
+/// The endpoints of an environment whose processes are both still running.
+pub fn running(layout: &Layout) -> anyhow::Result<Option<Endpoints>> {
+    if find_process(layout, NATS)?.is_none() || find_process(layout, CLICKHOUSE)?.is_none() {
+        return Ok(None);
+    }
+    let Ok(text) = fs::read_to_string(layout.env_file()) else {
+        return Ok(None);
+    };
+    let port_of = |key: &str| -> Option<u16> {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("export {key}=")))?;
+        line.rsplit(':').next()?.parse().ok()
+    };
+    Ok(
+        match (port_of("PONIX_NATS_URL"), port_of("PONIX_CLICKHOUSE_URL")) {
+            (Some(nats_port), Some(clickhouse_port)) => Some(Endpoints {
+                nats_port,
+                clickhouse_port,
+            }),
+            _ => None,
+        },
+    )
+}
+
+/// Stops every process `up` recorded and removes the env file. Returns the names
+/// of the processes that were running.
+pub fn down(layout: &Layout) -> anyhow::Result<Vec<&'static str>> {
+    let mut stopped = Vec::new();
+    for name in [CLICKHOUSE, NATS] {
+        if let Some(process) = find_process(layout, name)? {
+            process.stop(STOP_TIMEOUT)?;
+            process.forget();
+            stopped.push(name);
+        }
+    }
+    let _ = fs::remove_file(layout.env_file());
+    Ok(stopped)
+}
+
+/// Prints the tail of every process log: called whenever something fails.
+pub fn dump_logs(layout: &Layout) {
+    for name in [NATS, CLICKHOUSE] {
+        let path = log_file(layout, name);
+        eprintln!("----- {} -----\n{}", path.display(), log_tail(&path, 60));
+    }
+}
+
+pub fn remove_data(layout: &Layout) -> anyhow::Result<()> {
+    let data = layout.data_dir();
+    if data.exists() {
+        fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+    }
+    Ok(())
+}
+
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Single-quotes a value for POSIX shells where it needs it.
+fn shell_quote(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:@".contains(c))
+    {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_quote_values_for_the_shell() {
+        assert_eq!(
+            shell_quote("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn exports_name_every_endpoint() {
+        let layout = Layout::new(Path::new("/project"));
+        let endpoints = Endpoints {
+            nats_port: 4321,
+            clickhouse_port: 8765,
+        };
+        let exports = endpoints.exports(&layout);
+        assert!(
+            exports.contains("export PONIX_NATS_URL=nats://127.0.0.1:4321\n"),
+            "{exports}"
+        );
+        assert!(exports.contains("export PONIX_CLICKHOUSE_URL=http://127.0.0.1:8765\n"));
+        assert!(exports.contains("export PONIX_CLICKHOUSE_PASSWORD=''\n"));
+        assert!(exports.contains("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH=/project/.tools/bin/goose"));
+    }
+
+    #[test]
+    fn clickhouse_server_config_binds_loopback_only() {
+        let config = clickhouse_server_config(Path::new("/data"), 8123, 9000);
+        assert!(config.contains("<listen_host>127.0.0.1</listen_host>"));
+        assert!(config.contains("<http_port>8123</http_port>"));
+        assert!(config.contains("<path>/data/</path>"));
+    }
+
+    #[test]
+    fn engine_choice_is_validated() {
+        assert_eq!(Engine::parse(Some("chdb")).unwrap(), Engine::Chdb);
+        assert!(Engine::parse(Some("postgres")).is_err());
+    }
+}

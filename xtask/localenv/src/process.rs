@@ -1,0 +1,280 @@
+//! Processes that outlive the command that started them.
+//!
+//! A started process is recorded in a run directory as `<name>.pid` and
+//! `<name>.argv` (one argument per line), so that a later command (or a test) can
+//! find it, signal it, stop it, or start it again with the same arguments, the
+//! same port and the same data directory.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A process recorded in `run_dir`, with its output appended to `log`.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub name: String,
+    pub pid: u32,
+    pub argv: Vec<OsString>,
+    pub run_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Recorded {
+    /// Starts `argv` in its own process group, so that a Ctrl-C meant for the
+    /// harness does not reach it: the harness tears it down itself.
+    pub fn spawn(
+        name: &str,
+        argv: Vec<OsString>,
+        run_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+
+        let (program, args) = argv.split_first().context("empty command line")?;
+        for dir in [Some(run_dir), log.parent()].into_iter().flatten() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", Path::new(program).display()))?;
+        let recorded = Recorded {
+            name: name.to_owned(),
+            pid: child.id(),
+            argv,
+            run_dir: run_dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        recorded.write_record()?;
+        Ok(recorded)
+    }
+
+    /// The process recorded under `name`, if it is still alive and still ours.
+    pub fn find(name: &str, run_dir: &Path, log: &Path) -> anyhow::Result<Option<Self>> {
+        let Ok(pid_text) = fs::read_to_string(pid_file(run_dir, name)) else {
+            return Ok(None);
+        };
+        let pid = pid_text
+            .trim()
+            .parse()
+            .with_context(|| format!("corrupt pid file for {name}"))?;
+        let argv_text = fs::read_to_string(argv_file(run_dir, name))
+            .with_context(|| format!("reading the recorded command line of {name}"))?;
+        let recorded = Recorded {
+            name: name.to_owned(),
+            pid,
+            argv: argv_text.lines().map(OsString::from).collect(),
+            run_dir: run_dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        Ok(recorded.is_alive().then_some(recorded))
+    }
+
+    fn write_record(&self) -> anyhow::Result<()> {
+        fs::write(
+            pid_file(&self.run_dir, &self.name),
+            format!("{}\n", self.pid),
+        )?;
+        let argv: String = self
+            .argv
+            .iter()
+            .map(|arg| format!("{}\n", arg.to_string_lossy()))
+            .collect();
+        fs::write(argv_file(&self.run_dir, &self.name), argv)?;
+        Ok(())
+    }
+
+    pub fn forget(&self) {
+        let _ = fs::remove_file(pid_file(&self.run_dir, &self.name));
+    }
+
+    /// True when the pid is a live, non-zombie process running the recorded
+    /// program, so that a recycled pid is never signalled.
+    pub fn is_alive(&self) -> bool {
+        let program = self
+            .argv
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        process_matches(self.pid, &program)
+    }
+
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        signal(self.pid, libc::SIGSTOP).with_context(|| format!("freezing {}", self.name))
+    }
+
+    pub fn resume(&self) -> anyhow::Result<()> {
+        signal(self.pid, libc::SIGCONT).with_context(|| format!("resuming {}", self.name))
+    }
+
+    pub fn kill(&self) -> anyhow::Result<()> {
+        signal(self.pid, libc::SIGKILL).with_context(|| format!("killing {}", self.name))?;
+        self.wait_gone(Duration::from_secs(10))
+    }
+
+    /// SIGCONT (it may be frozen), SIGTERM, then SIGKILL once `timeout` passes.
+    pub fn stop(&self, timeout: Duration) -> anyhow::Result<()> {
+        if !self.is_alive() {
+            return Ok(());
+        }
+        let _ = signal(self.pid, libc::SIGCONT);
+        signal(self.pid, libc::SIGTERM).with_context(|| format!("stopping {}", self.name))?;
+        if self.wait_gone(timeout).is_err() {
+            eprintln!(
+                "{} (pid {}) ignored SIGTERM for {timeout:?}; killing it",
+                self.name, self.pid
+            );
+            self.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the same command line again (same port, same data) and records the new pid.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop(Duration::from_secs(15))?;
+        let fresh = Recorded::spawn(&self.name, self.argv.clone(), &self.run_dir, &self.log)?;
+        self.pid = fresh.pid;
+        Ok(())
+    }
+
+    fn wait_gone(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.is_alive() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} (pid {}) still running after {timeout:?}",
+                    self.name,
+                    self.pid
+                );
+            }
+            // Polling the process table: a process that is not our child cannot be waited on.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of the process log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+}
+
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = fs::read_to_string(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn pid_file(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.pid"))
+}
+
+fn argv_file(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.argv"))
+}
+
+fn process_matches(pid: u32, program: &str) -> bool {
+    reap_if_our_child(pid);
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !Path::new("/proc/self").exists() {
+        // No procfs (macOS): fall back to "the pid exists".
+        return signal(pid, 0).is_ok();
+    }
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    // A zombie's pid exists, but the process is gone.
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    let first = cmdline.split(|byte| *byte == 0).next().unwrap_or_default();
+    first == program.as_bytes()
+}
+
+/// Collects the exit status if `pid` is an exited child of ours, so it does not
+/// linger as a zombie; a no-op for any other process.
+fn reap_if_our_child(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: waitpid(2) with WNOHANG and a null status pointer only queries.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+}
+
+pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("localenv-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_missing_or_foreign_pid_is_not_ours() {
+        assert!(!process_matches(u32::MAX / 2, "/nonexistent"));
+        assert!(!process_matches(
+            std::process::id(),
+            "/definitely/not/this/program"
+        ));
+    }
+
+    #[test]
+    fn spawned_processes_can_be_found_frozen_restarted_and_stopped() {
+        let dir = scratch("lifecycle");
+        let log = dir.join("sleeper.log");
+        let argv = vec![OsString::from("/bin/sleep"), OsString::from("300")];
+        let mut sleeper = Recorded::spawn("sleeper", argv, &dir, &log).unwrap();
+
+        let found = Recorded::find("sleeper", &dir, &log)
+            .unwrap()
+            .expect("recorded");
+        assert_eq!(found.pid, sleeper.pid);
+
+        sleeper.freeze().unwrap();
+        sleeper.resume().unwrap();
+
+        let first_pid = sleeper.pid;
+        sleeper.restart().unwrap();
+        assert_ne!(sleeper.pid, first_pid);
+        assert!(sleeper.is_alive());
+        let found = Recorded::find("sleeper", &dir, &log)
+            .unwrap()
+            .expect("re-recorded");
+        assert_eq!(found.pid, sleeper.pid, "restart rewrites the pid file");
+
+        sleeper.stop(Duration::from_secs(5)).unwrap();
+        assert!(!sleeper.is_alive());
+        assert!(Recorded::find("sleeper", &dir, &log).unwrap().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,94 @@
+//! The pinned versions, read from `pins.env`: the single place each one is set.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+
+use localenv::Layout;
+
+#[derive(Debug, Clone)]
+pub struct Pins {
+    values: BTreeMap<String, String>,
+}
+
+impl Pins {
+    pub fn load(layout: &Layout) -> anyhow::Result<Pins> {
+        let path = layout.pins_file();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the pinned versions from {}", path.display()))?;
+        Pins::parse(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// `KEY=VALUE` lines; `#` starts a comment line. The same file is a docker
+    /// compose env file, so no quoting or interpolation is supported.
+    pub fn parse(text: &str) -> anyhow::Result<Pins> {
+        let mut values = BTreeMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                bail!("line {}: expected KEY=VALUE, found {line:?}", index + 1);
+            };
+            if values
+                .insert(key.trim().to_owned(), value.trim().to_owned())
+                .is_some()
+            {
+                bail!("line {}: {key} is pinned twice", index + 1);
+            }
+        }
+        Ok(Pins { values })
+    }
+
+    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
+        match self.values.get(key).map(String::as_str) {
+            Some(value) if !value.is_empty() => Ok(value),
+            _ => bail!("pins.env has no value for {key}"),
+        }
+    }
+
+    /// An optional pin: present but empty means "not known for this platform".
+    pub fn get_opt(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+    }
+
+    pub fn goose_version(&self) -> anyhow::Result<&str> {
+        self.get("GOOSE_VERSION")
+    }
+
+    pub fn nats_server_version(&self) -> anyhow::Result<&str> {
+        self.get("NATS_SERVER_VERSION")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pins_and_comments() {
+        let pins = Pins::parse("# comment\nGOOSE_VERSION=v3.30.0\n\nEMPTY=\n").unwrap();
+        assert_eq!(pins.goose_version().unwrap(), "v3.30.0");
+        assert_eq!(pins.get_opt("EMPTY"), None);
+        assert!(pins.get("EMPTY").is_err());
+        assert!(pins.get("MISSING").is_err());
+    }
+
+    #[test]
+    fn rejects_a_key_pinned_twice() {
+        let err = Pins::parse("A=1\nA=2\n").unwrap_err();
+        assert!(err.to_string().contains("pinned twice"), "{err}");
+    }
+
+    #[test]
+    fn the_repository_pins_parse() {
+        let layout = Layout::workspace();
+        let pins = Pins::load(&layout).unwrap();
+        assert!(pins.goose_version().unwrap().starts_with("v3."));
+        assert!(pins.nats_server_version().unwrap().starts_with("v2."));
+    }
+}
