@@ -22,7 +22,7 @@ pub struct Test {
 
 /// Declares the integration tests of a binary and generates its `main`.
 ///
-/// ```ignore
+/// ```text
 /// testkit::integration_tests!(batch_of_one_round_trips, dead_letters_invalid_messages);
 /// ```
 #[macro_export]

@@ -218,10 +218,10 @@ impl Stopped<'_> {
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
-        if let Some(managed) = self.managed.take() {
-            if let Err(err) = managed.start() {
-                eprintln!("could not start {} again: {err:#}", managed.kind.name());
-            }
+        if let Some(managed) = self.managed.take()
+            && let Err(err) = managed.start()
+        {
+            eprintln!("could not start {} again: {err:#}", managed.kind.name());
         }
     }
 }

@@ -14,6 +14,12 @@ xflags::xflags! {
             optional --clickhouse engine: String
         }
 
+        /// Run every check end to end against real NATS and ClickHouse (the README's test command).
+        cmd e2e {
+            /// ClickHouse engine for the local backend: `chdb` or `server`.
+            optional --clickhouse engine: String
+        }
+
         /// Stop exactly the processes `up` started, and delete their data.
         cmd down {
             /// Keep the NATS store and ClickHouse data directories.
@@ -39,6 +45,7 @@ pub struct Xtask {
 pub enum XtaskCmd {
     Tools(Tools),
     Up(Up),
+    E2e(E2e),
     Down(Down),
 }
 
@@ -47,6 +54,11 @@ pub struct Tools;
 
 #[derive(Debug)]
 pub struct Up {
+    pub clickhouse: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct E2e {
     pub clickhouse: Option<String>,
 }
 

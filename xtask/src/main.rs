@@ -4,8 +4,10 @@
 //! lives in its own module with `fn run(self, sh: &Shell) -> anyhow::Result<()>`.
 
 mod down;
+mod e2e;
 mod flags;
 mod pins;
+mod steps;
 mod tools;
 mod up;
 
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::Tools(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Up(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Down(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::E2e(cmd) => cmd.run(&sh),
     }
 }
 

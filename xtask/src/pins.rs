@@ -91,4 +91,15 @@ mod tests {
         assert!(pins.goose_version().unwrap().starts_with("v3."));
         assert!(pins.nats_server_version().unwrap().starts_with("v2."));
     }
+
+    #[test]
+    fn the_nats_image_runs_the_pinned_nats_server() {
+        let pins = Pins::load(&Layout::workspace()).unwrap();
+        let version = pins.nats_server_version().unwrap().trim_start_matches('v');
+        let image = pins.get("NATS_IMAGE").unwrap();
+        assert!(
+            image.starts_with(&format!("nats:{version}-")),
+            "{image} vs {version}"
+        );
+    }
 }

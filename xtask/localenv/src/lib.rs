@@ -2,6 +2,7 @@
 //! (which finds it, and freezes or restarts its processes in failure drills).
 //! Standard library only, so that xtask stays quick to compile.
 
+pub mod interrupt;
 pub mod layout;
 pub mod local;
 pub mod net;

@@ -386,6 +386,47 @@ fn shell_quote(value: &str) -> String {
     }
 }
 
+/// The environment `up` started, torn down (processes stopped, data removed
+/// unless kept) when dropped, so that an error or panic leaves nothing behind.
+#[must_use = "the environment is torn down when this guard drops"]
+pub struct Running {
+    pub layout: Layout,
+    pub endpoints: Endpoints,
+    keep_data: bool,
+    torn_down: bool,
+}
+
+impl Running {
+    pub fn start(layout: &Layout, engine: Engine, keep_data: bool) -> anyhow::Result<Running> {
+        let endpoints = up(layout, engine)?;
+        Ok(Running {
+            layout: layout.clone(),
+            endpoints,
+            keep_data,
+            torn_down: false,
+        })
+    }
+
+    pub fn teardown(&mut self) -> anyhow::Result<Vec<&'static str>> {
+        self.torn_down = true;
+        let stopped = down(&self.layout)?;
+        if !self.keep_data {
+            remove_data(&self.layout)?;
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.torn_down
+            && let Err(err) = self.teardown()
+        {
+            eprintln!("tearing down the local environment failed: {err:#}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
