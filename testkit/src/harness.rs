@@ -84,7 +84,8 @@ fn run_one(body: fn(Endpoints) -> TestFuture, endpoints: Option<Endpoints>) -> R
         .map_err(|err| format!("building a Tokio runtime: {err}"))?;
     runtime
         .block_on(body(endpoints))
-        .map_err(|err| format!("{err:?}").into())
+        // `{:#}` prints the whole context chain without a backtrace.
+        .map_err(|err| format!("{err:#}").into())
 }
 
 /// Endpoints read from a stale env file (the processes are gone) fail here with

@@ -156,16 +156,23 @@ async fn clickhouse_rs_server_side_parameters_round_trip(
 }
 
 async fn clickhouse_rs_describe_lists_the_columns(endpoints: Endpoints) -> anyhow::Result<()> {
+    // Every column DESCRIBE returns: clickhouse-rs validates the struct against them.
     #[derive(Debug, Row, Deserialize)]
+    #[allow(dead_code)]
     struct Column {
         name: String,
         r#type: String,
+        default_type: String,
+        default_expression: String,
+        comment: String,
+        codec_expression: String,
+        ttl_expression: String,
     }
     let client = client(&endpoints);
     let table = unique("endpoint_describe");
     create_readings_table(&client, &table).await?;
     let columns = client
-        .query(&format!("SELECT name, type FROM (DESCRIBE TABLE {table})"))
+        .query(&format!("DESCRIBE TABLE {table}"))
         .fetch_all::<Column>()
         .await?;
     let described: Vec<(String, String)> =
