@@ -1,1 +1,1069 @@
-//! TODO
+//! The JetStream side: fetch batches, store them, and settle every message only once
+//! its fate is durable.
+//!
+//! # Delivery contract
+//!
+//! At-least-once, and no message is ever dropped by the writer:
+//!
+//! * A message is **acknowledged** only after the INSERT holding its row returned
+//!   success (see [`crate::store`] for what success means).
+//! * An **invalid** message (it does not decode or fails validation, see
+//!   [`envelope::decode`]) never fails its batch. It is published to the dead-letter
+//!   subject, the publish acknowledgement from JetStream is awaited, and only then is
+//!   the original TERMinated. If the dead-letter publish fails, the original is NAKed
+//!   with a delay instead, so it comes back rather than vanishing.
+//! * A **retryable** store failure NAKs each message with a delay of
+//!   `base × 2^(delivery − 1)`, capped and jittered ([`nak_delay`]). Never a plain NAK:
+//!   that redelivers at once and turns an outage into a hot loop.
+//! * While an INSERT runs, every message of the batch gets `+WPI` (progress) every
+//!   AckWait/3, so a slow INSERT does not make the server redeliver the batch to
+//!   someone else mid-write.
+//!
+//! # Permanent store errors
+//!
+//! [`ErrorClass::Destination`] errors (unknown table or column, schema mismatch,
+//! authentication) say nothing about the messages: the data is fine, the table is
+//! not. Dead-lettering would move every message that arrives during a schema mistake
+//! out of the main stream, so the writer keeps them instead: it NAKs them with the
+//! longest backoff delay, logs an error on every batch ("messages stay in the stream
+//! until the schema is fixed"), reports not-ready on `/readyz`, and clears
+//! clickhouse-rs' cached table schema so that a fix (a migration, a manual ALTER) is
+//! picked up by the next attempt without a restart.
+//!
+//! [`ErrorClass::Data`] errors are about rows: ClickHouse or the serializer rejected
+//! what was sent. The batch is then bisected (each half inserted separately, down to
+//! single rows) so that the good rows commit and only the rows rejected on their own
+//! are dead-lettered with reason `rejected_by_clickhouse`. If every row of a
+//! multi-row batch is rejected individually, that points at the table, not the data,
+//! and the batch is handled as a destination error instead.
+//!
+//! # MaxDeliver
+//!
+//! After MaxDeliver deliveries the server stops redelivering a message and only
+//! publishes an advisory (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`);
+//! the message stays in the stream, undelivered forever. So the writer treats a
+//! delivery whose count has reached MaxDeliver as the last chance: if its row would
+//! be NAKed again (retryable or destination failure), the message is dead-lettered
+//! with reason `max_deliver_exceeded` (the detail names the store error) and then
+//! TERMinated. A dead letter is durable and can be replayed into the main subject
+//! once the cause is fixed. With MaxDeliver unlimited (`-1`), messages with
+//! destination errors simply wait in the stream.
+//!
+//! Remaining gap: if the process dies (or the ack timer expires) during a message's
+//! last delivery, the server gives up on it without the writer seeing it again. Alert
+//! on the advisory above; the message is still in the stream and can be re-published.
+//!
+//! # Acknowledgement strategy
+//!
+//! Acks, NAKs and TERMs for a batch are published back to back (no per-message round
+//! trip), and the last `+ACK` of the batch is sent as a *double ack*, which waits for
+//! the server's confirmation. The server handles a connection's acks for a consumer in
+//! order, so that confirmation covers the acks before it; one round trip per batch
+//! instead of one per message. A lost ack can only cause a redelivery, i.e. a
+//! duplicate row, never a loss; failures are counted in `ack_failures_total`.
+//!
+//! # Dead letters
+//!
+//! Published to the configured subject, which a dedicated file-backed stream captures
+//! (created at start if missing), with `Nats-Expected-Stream` set so a dead letter can
+//! only land in that stream. The payload is the original payload; the headers are the
+//! original's (except `Nats-*` ones) plus [`HEADER_REASON`], [`HEADER_DETAIL`],
+//! [`HEADER_ORIGINAL_SUBJECT`], [`HEADER_STREAM_SEQUENCE`] and
+//! [`HEADER_DELIVERY_COUNT`]. `Nats-Msg-Id` is derived from the original stream and
+//! sequence, so dead-lettering the same message twice (a TERM lost, a crash in
+//! between) is deduplicated by JetStream within its duplicate window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use futures::{FutureExt as _, StreamExt as _};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+use crate::envelope;
+use crate::http::Health;
+use crate::metrics::{BatchOutcome, InsertResult, Metrics, NakReason};
+use crate::row::ProcessedEnvelopeRow;
+use crate::store::{ErrorClass, Store, StoreError};
+
+/// The reason code: one of [`envelope::InvalidReason::as_str`], [`REASON_MAX_DELIVER_EXCEEDED`]
+/// or [`REASON_REJECTED_BY_CLICKHOUSE`].
+pub const HEADER_REASON: &str = "Ponix-Dead-Letter-Reason";
+/// Human-readable detail; control characters replaced, at most [`MAX_DETAIL_CHARS`].
+pub const HEADER_DETAIL: &str = "Ponix-Dead-Letter-Detail";
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Ponix-Original-Subject";
+pub const HEADER_STREAM_SEQUENCE: &str = "Ponix-Stream-Sequence";
+pub const HEADER_DELIVERY_COUNT: &str = "Ponix-Delivery-Count";
+
+/// The message was valid but could not be stored before its last delivery.
+pub const REASON_MAX_DELIVER_EXCEEDED: &str = "max_deliver_exceeded";
+/// ClickHouse (or the row serializer) rejected this message's row on its own.
+pub const REASON_REJECTED_BY_CLICKHOUSE: &str = "rejected_by_clickhouse";
+
+/// Longest detail header; keeps a dead letter close to the original's size.
+pub const MAX_DETAIL_CHARS: usize = 512;
+
+/// Upper bound on INSERT statements spent bisecting one batch. Past it, the rows not
+/// yet tried are NAKed and come back in a later batch.
+const MAX_INSERTS_PER_BATCH: usize = 64;
+
+/// Creates what the writer needs on the server if it is missing: the stream, the
+/// dead-letter stream (both file storage) and the durable pull consumer. The consumer
+/// is created or updated, so AckWait, MaxDeliver, MaxAckPending and the filter
+/// follow the configuration on every start.
+pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<PullConsumer> {
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: config.stream_subjects.clone(),
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("ensuring stream {}", config.stream))?;
+    js.get_or_create_stream(stream::Config {
+        name: config.dead_letter_stream.clone(),
+        subjects: vec![config.dead_letter_subject.clone()],
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
+            config.dead_letter_stream, config.dead_letter_subject
+        )
+    })?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(config.consumer.clone()),
+            description: Some("ponix-writer: ProcessedEnvelope to ClickHouse".to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            filter_subject: config.subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "creating or updating durable consumer {} on stream {} (filter {})",
+                config.consumer, config.stream, config.subject
+            )
+        })?;
+    Ok(consumer)
+}
+
+/// The delay of a NAK for a message on its `delivered`-th delivery:
+/// `base × 2^(delivered − 1)`, capped at `max`, then jittered into `[d/2, d]` with
+/// `jitter` in `[0, 1)` so that a batch NAKed together does not come back as one
+/// burst. Saturates instead of overflowing for any input.
+pub fn nak_delay(delivered: i64, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 32)).unwrap_or(32);
+    let factor = 1u32.checked_shl(exponent).unwrap_or(u32::MAX);
+    let full = base.saturating_mul(factor).min(max);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    full / 2 + (full / 2).mul_f64(jitter)
+}
+
+/// Whether this delivery is the last one the server will make (MaxDeliver ≤ 0 means
+/// unlimited).
+pub fn is_last_delivery(delivered: i64, max_deliver: i64) -> bool {
+    max_deliver > 0 && delivered >= max_deliver
+}
+
+/// A stable `Nats-Msg-Id` for the dead letter of one stream message.
+pub fn dead_letter_message_id(stream: &str, stream_sequence: u64) -> String {
+    format!("ponix-dead-letter:{stream}:{stream_sequence}")
+}
+
+/// Headers of a dead letter: the original's (minus `Nats-*`, which are the server's
+/// or the publisher's instructions to JetStream), plus the Ponix-* headers.
+pub fn dead_letter_headers(
+    original: Option<&HeaderMap>,
+    reason: &str,
+    detail: &str,
+    original_subject: &str,
+    stream_sequence: u64,
+    delivered: i64,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(original) = original {
+        for (name, values) in original.iter() {
+            let name_bytes: &[u8] = name.as_ref();
+            if name_bytes.len() >= 5 && name_bytes[..5].eq_ignore_ascii_case(b"nats-") {
+                continue;
+            }
+            for value in values {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    headers.insert(HEADER_REASON, header_value(reason, MAX_DETAIL_CHARS));
+    headers.insert(HEADER_DETAIL, header_value(detail, MAX_DETAIL_CHARS));
+    headers.insert(
+        HEADER_ORIGINAL_SUBJECT,
+        header_value(original_subject, usize::MAX),
+    );
+    headers.insert(HEADER_STREAM_SEQUENCE, stream_sequence.to_string());
+    headers.insert(HEADER_DELIVERY_COUNT, delivered.to_string());
+    headers
+}
+
+/// A header value must not contain CR or LF (they end the header in the wire
+/// protocol); replace every control character and cut to `max` characters.
+fn header_value(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// One received message with the metadata from its reply subject.
+struct Delivery {
+    message: jetstream::Message,
+    delivered: i64,
+    stream_sequence: u64,
+}
+
+/// What happens to a message once its batch has been processed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Settle {
+    Ack,
+    /// After its dead letter was stored.
+    Term,
+    Nak(Duration, NakReason),
+}
+
+/// What happened to one row of a batch.
+#[derive(Debug, Clone)]
+enum RowOutcome {
+    Committed,
+    /// Rejected on its own (a data error on a single-row INSERT).
+    Rejected(StoreError),
+    /// Not stored; retry later.
+    Failed(StoreError),
+}
+
+/// Everything the consumer loop needs.
+pub struct Consumer {
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    config: NatsConfig,
+    store: Store,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// How long an in-flight batch may still run after shutdown was requested before
+    /// it is abandoned and NAKed.
+    drain_grace: Duration,
+}
+
+impl Consumer {
+    pub fn new(
+        js: jetstream::Context,
+        consumer: PullConsumer,
+        config: NatsConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        drain_grace: Duration,
+    ) -> Self {
+        Self {
+            js,
+            consumer,
+            config,
+            store,
+            metrics,
+            health,
+            drain_grace,
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled. The batch in flight at that moment is
+    /// finished (inserted and acked, or NAKed if it cannot finish within the drain
+    /// grace); then all pending acks are flushed to the server.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(
+            stream = %self.config.stream,
+            consumer = %self.config.consumer,
+            subject = %self.config.subject,
+            dead_letter_subject = %self.config.dead_letter_subject,
+            "consuming"
+        );
+        let mut fetch_failures: u32 = 0;
+        // After a pull that ended in an error before delivering anything (for example
+        // a single message larger than the batch byte limit), pull one message without
+        // a byte limit, so that one large message cannot stall the consumer.
+        let mut single = false;
+        while !shutdown.is_cancelled() {
+            match self.fetch(&shutdown, single).await {
+                Ok((deliveries, error)) => {
+                    fetch_failures = 0;
+                    single = deliveries.is_empty() && error.is_some();
+                    if let Some(error) = error {
+                        tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
+                    }
+                    if !deliveries.is_empty() {
+                        self.process(deliveries, &shutdown).await;
+                    }
+                }
+                Err(error) => {
+                    fetch_failures = fetch_failures.saturating_add(1);
+                    let pause = nak_delay(
+                        i64::from(fetch_failures),
+                        Duration::from_millis(500),
+                        Duration::from_secs(30),
+                        fastrand::f64(),
+                    );
+                    tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    // The stream or consumer may have been deleted under us: recreate
+                    // them (idempotent) before the next pull.
+                    match ensure(&self.js, &self.config).await {
+                        Ok(consumer) => self.consumer = consumer,
+                        Err(error) => tracing::warn!(
+                            error = format!("{error:#}"),
+                            "re-ensuring stream and consumer failed"
+                        ),
+                    }
+                }
+            }
+        }
+        let client = self.js.client();
+        match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "flushing acknowledgements at shutdown failed")
+            }
+            Err(_) => tracing::warn!("flushing acknowledgements at shutdown timed out"),
+        }
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// One pull request: up to the batch size and byte limit, waiting at most the
+    /// batch wait. Returns the messages and the error that ended the pull early, if
+    /// any. On shutdown it stops waiting but keeps what already arrived.
+    async fn fetch(
+        &self,
+        shutdown: &CancellationToken,
+        single: bool,
+    ) -> Result<(Vec<Delivery>, Option<async_nats::Error>), async_nats::Error> {
+        let builder = self.consumer.batch().expires(self.config.batch_wait);
+        let builder = if single {
+            builder.max_messages(1)
+        } else {
+            builder
+                .max_messages(self.config.batch_size)
+                .max_bytes(self.config.batch_max_bytes)
+        };
+        let mut batch = builder.messages().await?;
+        let mut deliveries = Vec::new();
+        let mut ended_by = None;
+        loop {
+            let item = tokio::select! {
+                biased;
+                item = batch.next() => item,
+                _ = shutdown.cancelled() => {
+                    // Take what the client already buffered, without waiting; anything
+                    // still on the way is redelivered after AckWait.
+                    while let Some(Some(item)) = batch.next().now_or_never() {
+                        match item {
+                            Ok(message) => deliveries.extend(self.delivery(message)),
+                            Err(error) => { ended_by = Some(error); break; }
+                        }
+                    }
+                    break;
+                }
+            };
+            match item {
+                Some(Ok(message)) => deliveries.extend(self.delivery(message)),
+                Some(Err(error)) => {
+                    ended_by = Some(error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok((deliveries, ended_by))
+    }
+
+    fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
+        let (delivered, stream_sequence) = match message.info() {
+            Ok(info) => (info.delivered, info.stream_sequence),
+            Err(error) => {
+                // Without a JetStream reply subject the message cannot be acked at all.
+                tracing::warn!(%error, subject = %message.subject, "ignoring a message without JetStream metadata");
+                return None;
+            }
+        };
+        self.metrics.message_received(delivered);
+        Some(Delivery {
+            message,
+            delivered,
+            stream_sequence,
+        })
+    }
+
+    /// Decides the fate of every message of a batch, then settles them.
+    async fn process(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
+        let started = Instant::now();
+        let abandon = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.drain_grace).await;
+        };
+        let decide = self.with_progress(&deliveries, self.decide(&deliveries));
+        let (decisions, outcome) = tokio::select! {
+            decided = decide => decided,
+            () = abandon => {
+                tracing::warn!(
+                    messages = deliveries.len(),
+                    grace = ?self.drain_grace,
+                    "shutdown: abandoning the in-flight batch; NAKing it for redelivery"
+                );
+                // Short delay: the messages are fine, another instance may take them.
+                let delay = self.config.nak_backoff_base;
+                (vec![Settle::Nak(delay, NakReason::Shutdown); deliveries.len()], BatchOutcome::Aborted)
+            }
+        };
+        self.settle(&deliveries, &decisions).await;
+        self.metrics.batch_finished(outcome);
+        tracing::debug!(
+            messages = deliveries.len(),
+            outcome = outcome.as_str(),
+            elapsed = ?started.elapsed(),
+            "batch done"
+        );
+    }
+
+    /// Decode, insert, dead-letter: everything that must be durable before a message
+    /// may be settled.
+    async fn decide(&self, deliveries: &[Delivery]) -> (Vec<Settle>, BatchOutcome) {
+        let mut rows: Vec<ProcessedEnvelopeRow> = Vec::with_capacity(deliveries.len());
+        let mut owners: Vec<usize> = Vec::with_capacity(deliveries.len());
+        // (message index, reason code, detail)
+        let mut dead: Vec<(usize, &'static str, String)> = Vec::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match envelope::decode(&delivery.message.payload) {
+                Ok(valid) => {
+                    rows.push(ProcessedEnvelopeRow::from(valid));
+                    owners.push(index);
+                }
+                Err(invalid) => {
+                    tracing::warn!(
+                        stream_sequence = delivery.stream_sequence,
+                        subject = %delivery.message.subject,
+                        reason = invalid.reason.as_str(),
+                        detail = %invalid.detail,
+                        "invalid envelope; dead-lettering it"
+                    );
+                    dead.push((index, invalid.reason.as_str(), invalid.detail.to_string()));
+                }
+            }
+        }
+
+        let mut decisions: Vec<Option<Settle>> = vec![None; deliveries.len()];
+        let outcomes = self.store_rows(&rows).await;
+        let committed = outcomes
+            .iter()
+            .filter(|o| matches!(o, RowOutcome::Committed))
+            .count();
+        let batch_outcome = match (committed, rows.len()) {
+            (_, 0) => BatchOutcome::NoRows,
+            (c, n) if c == n => BatchOutcome::Committed,
+            (0, _) => BatchOutcome::Failed,
+            _ => BatchOutcome::Partial,
+        };
+        self.report_store_health(&outcomes).await;
+
+        for (row, outcome) in outcomes.into_iter().enumerate() {
+            let index = owners[row];
+            let delivery = &deliveries[index];
+            match outcome {
+                RowOutcome::Committed => decisions[index] = Some(Settle::Ack),
+                RowOutcome::Rejected(error) => {
+                    tracing::warn!(
+                        stream_sequence = delivery.stream_sequence,
+                        error = %error,
+                        "ClickHouse rejected this row on its own; dead-lettering it"
+                    );
+                    dead.push((index, REASON_REJECTED_BY_CLICKHOUSE, error.to_string()));
+                }
+                RowOutcome::Failed(error)
+                    if is_last_delivery(delivery.delivered, self.config.max_deliver) =>
+                {
+                    tracing::warn!(
+                        stream_sequence = delivery.stream_sequence,
+                        delivered = delivery.delivered,
+                        error = %error,
+                        "last delivery allowed by MaxDeliver and the row still cannot be stored; dead-lettering it"
+                    );
+                    dead.push((index, REASON_MAX_DELIVER_EXCEEDED, error.to_string()));
+                }
+                RowOutcome::Failed(error) => {
+                    let (delivered, reason) = match error.class() {
+                        // The longest delay: nothing will change until an operator acts.
+                        ErrorClass::Destination | ErrorClass::Data => {
+                            (i64::MAX, NakReason::PermanentDestination)
+                        }
+                        ErrorClass::Retryable => (delivery.delivered, NakReason::Retryable),
+                    };
+                    decisions[index] = Some(Settle::Nak(self.backoff(delivered), reason));
+                }
+            }
+        }
+
+        if !dead.is_empty() {
+            let results = self.dead_letter(deliveries, &dead).await;
+            for ((index, reason, _), result) in dead.iter().zip(results) {
+                let delivery = &deliveries[*index];
+                decisions[*index] = Some(match result {
+                    Ok(()) => {
+                        self.metrics.dead_lettered(reason);
+                        Settle::Term
+                    }
+                    Err(error) => {
+                        self.metrics.dead_letter_failed();
+                        tracing::error!(
+                            stream_sequence = delivery.stream_sequence,
+                            reason,
+                            error = %error,
+                            "dead-letter publish failed; NAKing the message so it comes back"
+                        );
+                        Settle::Nak(
+                            self.backoff(delivery.delivered),
+                            NakReason::DeadLetterFailed,
+                        )
+                    }
+                });
+            }
+        }
+
+        // Every message got a decision above; the fallback is a defensive NAK rather
+        // than a silent drop should that ever change.
+        let decisions = decisions
+            .into_iter()
+            .zip(deliveries)
+            .map(|(decision, delivery)| {
+                decision.unwrap_or_else(|| {
+                    Settle::Nak(self.backoff(delivery.delivered), NakReason::Retryable)
+                })
+            })
+            .collect();
+        (decisions, batch_outcome)
+    }
+
+    /// Inserts the rows with one INSERT; on a data error, bisects to find the rows
+    /// that ClickHouse rejects on their own (see the module docs).
+    async fn store_rows(&self, rows: &[ProcessedEnvelopeRow]) -> Vec<RowOutcome> {
+        insert_bisecting(rows, MAX_INSERTS_PER_BATCH, |chunk| async move {
+            let started = Instant::now();
+            let result = self.store.insert_batch(chunk).await;
+            let label = match &result {
+                Ok(()) => InsertResult::Ok,
+                Err(error) => InsertResult::from(error.class()),
+            };
+            self.metrics
+                .insert_finished(chunk.len(), started.elapsed(), label);
+            result
+        })
+        .await
+    }
+
+    /// Readiness and logs after a batch's inserts.
+    async fn report_store_health(&self, outcomes: &[RowOutcome]) {
+        let failure = outcomes.iter().find_map(|o| match o {
+            RowOutcome::Failed(error) => Some(error),
+            _ => None,
+        });
+        match failure {
+            None if outcomes.iter().any(|o| matches!(o, RowOutcome::Committed)) => {
+                self.health.store_succeeded();
+            }
+            None => {}
+            Some(error) if error.is_permanent() => {
+                tracing::error!(
+                    table = self.store.table(),
+                    code = error.code(),
+                    class = error.class().as_str(),
+                    "permanent store error: {}; messages stay in the stream until the schema is fixed",
+                    error.message()
+                );
+                self.health
+                    .store_failed(format!("permanent store error: {error}"));
+                // Re-read the table schema on the next attempt, so that a fix applied
+                // meanwhile is used without a restart.
+                self.store.clear_cached_metadata().await;
+            }
+            Some(error) => {
+                tracing::warn!(
+                    table = self.store.table(),
+                    code = error.code(),
+                    error = %error,
+                    "insert failed; NAKing the batch with backoff"
+                );
+                if error.is_unreachable() {
+                    self.health
+                        .store_failed(format!("ClickHouse unreachable: {error}"));
+                }
+            }
+        }
+    }
+
+    /// Publishes the dead letters and awaits JetStream's acknowledgement of each.
+    /// The publishes go out back to back; the acknowledgements are awaited together.
+    async fn dead_letter(
+        &self,
+        deliveries: &[Delivery],
+        dead: &[(usize, &'static str, String)],
+    ) -> Vec<Result<(), String>> {
+        let mut acks = Vec::with_capacity(dead.len());
+        for (index, reason, detail) in dead {
+            let delivery = &deliveries[*index];
+            let headers = dead_letter_headers(
+                delivery.message.headers.as_ref(),
+                reason,
+                detail,
+                delivery.message.subject.as_str(),
+                delivery.stream_sequence,
+                delivery.delivered,
+            );
+            let publish = PublishMessage::build()
+                .payload(delivery.message.payload.clone())
+                .headers(headers)
+                .message_id(dead_letter_message_id(
+                    &self.config.stream,
+                    delivery.stream_sequence,
+                ))
+                .expected_stream(&self.config.dead_letter_stream);
+            acks.push(
+                self.js
+                    .send_publish(self.config.dead_letter_subject.clone(), publish)
+                    .await,
+            );
+        }
+        futures::future::join_all(acks.into_iter().map(|sent| async move {
+            match sent {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        }))
+        .await
+    }
+
+    /// Sends every decision. See "Acknowledgement strategy" in the module docs.
+    async fn settle(&self, deliveries: &[Delivery], decisions: &[Settle]) {
+        let last_ack = decisions.iter().rposition(|d| *d == Settle::Ack);
+        let mut acked = 0u64;
+        for (index, (delivery, decision)) in deliveries.iter().zip(decisions).enumerate() {
+            if Some(index) == last_ack {
+                continue;
+            }
+            let kind = match *decision {
+                Settle::Ack => AckKind::Ack,
+                Settle::Term => AckKind::Term,
+                Settle::Nak(delay, reason) => {
+                    self.metrics.naked(reason);
+                    AckKind::Nak(Some(delay))
+                }
+            };
+            match delivery.message.ack_with(kind).await {
+                Ok(()) if *decision == Settle::Ack => acked += 1,
+                Ok(()) => {}
+                Err(error) => {
+                    self.metrics.ack_failed(1);
+                    tracing::warn!(
+                        stream_sequence = delivery.stream_sequence,
+                        ?decision,
+                        %error,
+                        "could not send the acknowledgement; the message will be redelivered"
+                    );
+                }
+            }
+        }
+        if let Some(index) = last_ack {
+            match deliveries[index].message.double_ack().await {
+                Ok(()) => acked += 1,
+                Err(error) => {
+                    // Unconfirmed, not necessarily lost: count the whole batch's acks.
+                    self.metrics.ack_failed(acked + 1);
+                    tracing::warn!(
+                        %error,
+                        acks = acked + 1,
+                        "the server did not confirm the batch's acks; its messages may be redelivered and stored twice"
+                    );
+                }
+            }
+        } else if let Err(error) = self.js.client().flush().await {
+            tracing::warn!(%error, "flushing NAKs/TERMs failed; the server redelivers after AckWait");
+        }
+        self.metrics.acked(acked);
+    }
+
+    /// Runs `work`, sending progress for every message of the batch every AckWait/3
+    /// so that the server does not redeliver them while the batch is being stored.
+    async fn with_progress<F: Future>(&self, deliveries: &[Delivery], work: F) -> F::Output {
+        let period = (self.config.ack_wait / 3).max(Duration::from_millis(100));
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = ticker.tick() => {
+                    tracing::debug!(messages = deliveries.len(), "batch still in progress; extending ack deadlines");
+                    for delivery in deliveries {
+                        if let Err(error) = delivery.message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(%error, "sending progress failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, delivered: i64) -> Duration {
+        nak_delay(
+            delivered,
+            self.config.nak_backoff_base,
+            self.config.nak_backoff_max,
+            fastrand::f64(),
+        )
+    }
+}
+
+/// Inserts `rows` with one `insert` call; when that fails with a data error, splits
+/// the rows in halves and inserts each separately, recursively, so that the rows
+/// the destination accepts commit and those it rejects on their own are singled out.
+/// At most `budget` calls. Any other error stops the process: the rows not yet
+/// committed fail with it.
+async fn insert_bisecting<'a, T, F, Fut>(
+    rows: &'a [T],
+    budget: usize,
+    mut insert: F,
+) -> Vec<RowOutcome>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
+    // A stack of row ranges still to insert.
+    let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+    pending.push(0..rows.len());
+    let mut calls = 0usize;
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        if calls == budget {
+            let error = StoreError::bisection_budget_spent(budget);
+            for r in std::iter::once(range).chain(pending.drain(..)) {
+                fill(&mut outcomes, r, RowOutcome::Failed(error.clone()));
+            }
+            break;
+        }
+        calls += 1;
+        match insert(&rows[range.clone()]).await {
+            Ok(()) => fill(&mut outcomes, range, RowOutcome::Committed),
+            Err(error) if error.class() == ErrorClass::Data && range.len() > 1 => {
+                let middle = range.start + range.len() / 2;
+                // Popped in order: first half first.
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+            Err(error) if error.class() == ErrorClass::Data => {
+                fill(&mut outcomes, range, RowOutcome::Rejected(error));
+            }
+            Err(error) => {
+                // Retryable or destination: the other ranges would fail the same way.
+                for r in std::iter::once(range).chain(pending.drain(..)) {
+                    fill(&mut outcomes, r, RowOutcome::Failed(error.clone()));
+                }
+                break;
+            }
+        }
+    }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| RowOutcome::Failed(StoreError::bisection_budget_spent(budget)))
+        })
+        .collect();
+    all_rejected_means_destination(outcomes)
+}
+
+fn fill(outcomes: &mut [Option<RowOutcome>], range: std::ops::Range<usize>, outcome: RowOutcome) {
+    for slot in &mut outcomes[range] {
+        *slot = Some(outcome.clone());
+    }
+}
+
+/// If every row of a multi-row batch was rejected on its own, the rows are not the
+/// problem: treat them as failed with a destination error (kept, not dead-lettered).
+fn all_rejected_means_destination(outcomes: Vec<RowOutcome>) -> Vec<RowOutcome> {
+    let all_rejected = outcomes.len() > 1
+        && outcomes
+            .iter()
+            .all(|o| matches!(o, RowOutcome::Rejected(_)));
+    if !all_rejected {
+        return outcomes;
+    }
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            RowOutcome::Rejected(error) => {
+                RowOutcome::Failed(error.with_class(ErrorClass::Destination))
+            }
+            other => other,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn nak_delay_doubles_per_delivery_and_caps() {
+        let base = 100 * MS;
+        let max = Duration::from_secs(10);
+        // jitter = 1.0 gives the full (un-jittered) delay.
+        let full = |n| nak_delay(n, base, max, 1.0);
+        assert_eq!(full(1), 100 * MS);
+        assert_eq!(full(2), 200 * MS);
+        assert_eq!(full(3), 400 * MS);
+        assert_eq!(full(7), 6400 * MS);
+        assert_eq!(full(8), max);
+        assert_eq!(full(1000), max);
+        assert_eq!(full(i64::MAX), max);
+        // Nonsense delivery counts behave like a first delivery.
+        assert_eq!(full(0), 100 * MS);
+        assert_eq!(full(-5), 100 * MS);
+    }
+
+    #[test]
+    fn nak_delay_jitter_stays_within_half_to_full() {
+        let base = 100 * MS;
+        let max = Duration::from_secs(10);
+        assert_eq!(nak_delay(3, base, max, 0.0), 200 * MS);
+        assert_eq!(nak_delay(3, base, max, 0.5), 300 * MS);
+        for _ in 0..1000 {
+            let d = nak_delay(20, base, max, fastrand::f64());
+            assert!(d >= max / 2 && d <= max, "{d:?}");
+        }
+        // Out-of-range jitter is clamped, NaN ignored.
+        assert_eq!(nak_delay(1, base, max, 7.0), base);
+        assert_eq!(nak_delay(1, base, max, f64::NAN), base / 2);
+    }
+
+    #[test]
+    fn nak_delay_never_zero_for_nonzero_base() {
+        assert!(nak_delay(1, MS, Duration::from_secs(1), 0.0) > Duration::ZERO);
+    }
+
+    #[test]
+    fn last_delivery_respects_unlimited() {
+        assert!(!is_last_delivery(1, 5));
+        assert!(!is_last_delivery(4, 5));
+        assert!(is_last_delivery(5, 5));
+        assert!(is_last_delivery(6, 5));
+        assert!(is_last_delivery(1, 1));
+        assert!(!is_last_delivery(1_000_000, -1));
+        assert!(!is_last_delivery(1_000_000, 0));
+    }
+
+    #[test]
+    fn dead_letter_headers_carry_reason_origin_and_original_headers() {
+        let mut original = HeaderMap::new();
+        original.insert("Trace-Id", "abc");
+        original.insert("Nats-Msg-Id", "producer-1");
+        original.insert("Nats-Expected-Stream", "other");
+        let headers = dead_letter_headers(
+            Some(&original),
+            "missing_timestamp",
+            "occurred_at is missing",
+            "processed_envelopes.dev1",
+            42,
+            3,
+        );
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(get(HEADER_REASON).as_deref(), Some("missing_timestamp"));
+        assert_eq!(
+            get(HEADER_DETAIL).as_deref(),
+            Some("occurred_at is missing")
+        );
+        assert_eq!(
+            get(HEADER_ORIGINAL_SUBJECT).as_deref(),
+            Some("processed_envelopes.dev1")
+        );
+        assert_eq!(get(HEADER_STREAM_SEQUENCE).as_deref(), Some("42"));
+        assert_eq!(get(HEADER_DELIVERY_COUNT).as_deref(), Some("3"));
+        assert_eq!(get("Trace-Id").as_deref(), Some("abc"));
+        assert_eq!(get("Nats-Msg-Id"), None);
+        assert_eq!(get("Nats-Expected-Stream"), None);
+    }
+
+    #[test]
+    fn dead_letter_detail_is_single_line_and_bounded() {
+        let detail = format!("line one\r\nline two\t{}", "x".repeat(2000));
+        let headers = dead_letter_headers(None, "decode_failed", &detail, "s", 1, 1);
+        let value = headers
+            .get(HEADER_DETAIL)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        assert!(!value.contains('\r') && !value.contains('\n'), "{value:?}");
+        assert!(value.starts_with("line one  line two "));
+        assert_eq!(value.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(value.ends_with('…'));
+    }
+
+    #[test]
+    fn dead_letter_ids_are_stable_per_stream_message() {
+        assert_eq!(
+            dead_letter_message_id("processed_envelopes", 7),
+            "ponix-dead-letter:processed_envelopes:7"
+        );
+    }
+
+    fn data_error() -> StoreError {
+        StoreError::from_client(&clickhouse::error::Error::BadResponse(
+            "Code: 117. DB::Exception: Cannot parse JSON. (INCORRECT_DATA)".into(),
+        ))
+    }
+
+    fn retryable_error() -> StoreError {
+        StoreError::from_client(&clickhouse::error::Error::BadResponse(
+            "Code: 252. DB::Exception: Too many parts. (TOO_MANY_PARTS)".into(),
+        ))
+    }
+
+    /// Runs the bisection over rows 0..n with an insert that rejects any chunk
+    /// containing a row in `bad`; returns the outcomes and the chunks tried.
+    fn bisect(n: usize, bad: &[usize], budget: usize) -> (Vec<RowOutcome>, Vec<Vec<usize>>) {
+        let rows: Vec<usize> = (0..n).collect();
+        let calls = std::cell::RefCell::new(Vec::new());
+        let outcomes = futures::executor::block_on(insert_bisecting(&rows, budget, |chunk| {
+            calls.borrow_mut().push(chunk.to_vec());
+            let rejected = chunk.iter().any(|row| bad.contains(row));
+            async move { if rejected { Err(data_error()) } else { Ok(()) } }
+        }));
+        (outcomes, calls.into_inner())
+    }
+
+    #[test]
+    fn a_clean_batch_is_one_insert() {
+        let (outcomes, calls) = bisect(1000, &[], 64);
+        assert_eq!(calls.len(), 1);
+        assert!(outcomes.iter().all(|o| matches!(o, RowOutcome::Committed)));
+    }
+
+    #[test]
+    fn bisection_singles_out_rejected_rows_and_commits_the_rest() {
+        let (outcomes, calls) = bisect(100, &[17, 63], 64);
+        for (row, outcome) in outcomes.iter().enumerate() {
+            if row == 17 || row == 63 {
+                assert!(
+                    matches!(outcome, RowOutcome::Rejected(_)),
+                    "row {row}: {outcome:?}"
+                );
+            } else {
+                assert!(
+                    matches!(outcome, RowOutcome::Committed),
+                    "row {row}: {outcome:?}"
+                );
+            }
+        }
+        // Every row committed exactly once.
+        let mut committed: Vec<usize> = calls
+            .iter()
+            .filter(|chunk| !chunk.contains(&17) && !chunk.contains(&63))
+            .flatten()
+            .copied()
+            .collect();
+        committed.sort_unstable();
+        assert_eq!(committed.len(), 98);
+        committed.dedup();
+        assert_eq!(committed.len(), 98);
+        // Logarithmic, not linear.
+        assert!(calls.len() <= 2 * 2 * 7 + 1, "{} calls", calls.len());
+    }
+
+    #[test]
+    fn bisection_stops_at_its_budget_without_losing_rows() {
+        let (outcomes, calls) = bisect(64, &(0..64).step_by(2).collect::<Vec<_>>(), 10);
+        assert_eq!(calls.len(), 10);
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, RowOutcome::Failed(e) if e.is_retryable()))
+        );
+        // Nothing is rejected without having been tried alone.
+        for (row, outcome) in outcomes.iter().enumerate() {
+            if matches!(outcome, RowOutcome::Rejected(_)) {
+                assert!(calls.contains(&vec![row]), "row {row} rejected untried");
+            }
+        }
+    }
+
+    #[test]
+    fn a_retryable_error_fails_the_whole_batch_after_one_insert() {
+        let rows: Vec<usize> = (0..10).collect();
+        let mut calls = 0;
+        let outcomes = futures::executor::block_on(insert_bisecting(&rows, 64, |_| {
+            calls += 1;
+            async { Err(retryable_error()) }
+        }));
+        assert_eq!(calls, 1);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, RowOutcome::Failed(e) if e.is_retryable()))
+        );
+    }
+
+    #[test]
+    fn all_rows_rejected_is_treated_as_a_destination_failure() {
+        let outcomes = all_rejected_means_destination(vec![
+            RowOutcome::Rejected(data_error()),
+            RowOutcome::Rejected(data_error()),
+        ]);
+        assert!(outcomes.iter().all(|o| matches!(
+            o,
+            RowOutcome::Failed(e) if e.class() == ErrorClass::Destination
+        )));
+
+        // One good row proves the table works: the rejected one really is bad data.
+        let outcomes = all_rejected_means_destination(vec![
+            RowOutcome::Rejected(data_error()),
+            RowOutcome::Committed,
+        ]);
+        assert!(matches!(outcomes[0], RowOutcome::Rejected(_)));
+
+        // A single-row batch cannot tell; the classification stands.
+        let outcomes = all_rejected_means_destination(vec![RowOutcome::Rejected(data_error())]);
+        assert!(matches!(outcomes[0], RowOutcome::Rejected(_)));
+    }
+}

@@ -1,1 +1,231 @@
-//! TODO
+//! The operations endpoint: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! * `GET /healthz`: `200 ok` while the process serves requests (liveness).
+//! * `GET /readyz`: `200 ready` when the writer can do its job: connected to NATS,
+//!   ClickHouse answered, migrations done, and the last insert did not fail with a
+//!   permanent error or for lack of an answer. Otherwise `503` with one line per
+//!   reason.
+//! * `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What `/readyz` reports, updated by start-up and by the consumer.
+#[derive(Debug, Default)]
+pub struct Health {
+    nats: OnceLock<async_nats::Client>,
+    clickhouse_answered: AtomicBool,
+    migrations_done: AtomicBool,
+    /// Why the last insert attempt failed, while that failure means the writer is
+    /// not making progress; cleared by the next successful insert.
+    store_problem: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The connection whose state `/readyz` checks from now on.
+    pub fn set_nats(&self, client: async_nats::Client) {
+        // Set once at start-up; a second call would be a wiring bug, and keeping the
+        // first client is the harmless reaction.
+        let _ = self.nats.set(client);
+    }
+
+    pub fn set_clickhouse_answered(&self) {
+        self.clickhouse_answered.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_migrations_done(&self) {
+        self.migrations_done.store(true, Ordering::Relaxed);
+    }
+
+    pub fn store_succeeded(&self) {
+        self.clickhouse_answered.store(true, Ordering::Relaxed);
+        *self.lock_problem() = None;
+    }
+
+    pub fn store_failed(&self, reason: String) {
+        *self.lock_problem() = Some(reason);
+    }
+
+    /// `Ok` when ready, else every reason it is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        match self.nats.get().map(async_nats::Client::connection_state) {
+            Some(async_nats::connection::State::Connected) => {}
+            Some(state) => reasons.push(format!("nats: {state}")),
+            None => reasons.push("nats: not connected yet".to_owned()),
+        }
+        if !self.clickhouse_answered.load(Ordering::Relaxed) {
+            reasons.push("clickhouse: has not answered yet".to_owned());
+        }
+        if !self.migrations_done.load(Ordering::Relaxed) {
+            reasons.push("migrations: not done yet".to_owned());
+        }
+        if let Some(problem) = self.lock_problem().as_ref() {
+            reasons.push(format!("store: {problem}"));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn lock_problem(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A panic while holding this lock cannot leave the Option half-written.
+        self.store_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AppState { health, metrics })
+}
+
+/// Binds `addr` now (so a taken port fails start-up) and returns the server future,
+/// which serves until `shutdown` is cancelled.
+pub async fn bind(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(health, metrics);
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    };
+    Ok((local, serve))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", reasons.join("\n")),
+        ),
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_lists_every_missing_condition() {
+        let health = Health::new();
+        let reasons = health.readiness().expect_err("not ready at start");
+        assert_eq!(
+            reasons,
+            vec![
+                "nats: not connected yet",
+                "clickhouse: has not answered yet",
+                "migrations: not done yet"
+            ]
+        );
+        health.set_clickhouse_answered();
+        health.set_migrations_done();
+        health.store_failed("permanent store error: UNKNOWN_TABLE".to_owned());
+        let reasons = health.readiness().expect_err("still not ready");
+        assert_eq!(
+            reasons,
+            vec![
+                "nats: not connected yet",
+                "store: permanent store error: UNKNOWN_TABLE"
+            ]
+        );
+        health.store_succeeded();
+        assert_eq!(
+            health.readiness().expect_err("no nats"),
+            vec!["nats: not connected yet"]
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_the_three_endpoints() {
+        let health = Arc::new(Health::new());
+        let metrics = Arc::new(Metrics::new());
+        metrics.message_received(1);
+        let shutdown = CancellationToken::new();
+        let (addr, serve) = bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            health,
+            metrics,
+            shutdown.clone(),
+        )
+        .await
+        .expect("bind");
+        let server = tokio::spawn(serve);
+
+        let get = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let healthz = get("/healthz").await;
+        assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+        assert!(healthz.ends_with("ok\n"), "{healthz}");
+        let readyz = get("/readyz").await;
+        assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+        assert!(readyz.contains("migrations: not done yet"), "{readyz}");
+        let metrics = get("/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+        assert!(
+            metrics.contains("ponix_writer_messages_received_total 1"),
+            "{metrics}"
+        );
+
+        shutdown.cancel();
+        server.await.expect("join").expect("serve");
+    }
+}

@@ -1,1 +1,129 @@
-fn main() {}
+//! `ponix-writer`: configuration from the environment, logging, signals; the work is
+//! in the library ([`ponix_writer::run::run`]).
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the writer failed, 2 for a usage or
+//! configuration error.
+
+use std::process::ExitCode;
+
+use ponix_writer::config::{self, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{}", config::help_text());
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("ponix-writer {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!(
+                "ponix-writer: unexpected argument {other:?}; it is configured through PONIX_* environment variables (see --help)"
+            );
+            return ExitCode::from(2);
+        }
+    }
+
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(errors) => {
+            // One line per bad variable, naming it and the expected form.
+            eprintln!("ponix-writer: {errors}");
+            eprintln!("Run `ponix-writer --help` for every variable and its default.");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = init_tracing(&config) {
+        eprintln!(
+            "ponix-writer: invalid PONIX_LOG_LEVEL {:?}: {error}",
+            config.log_level
+        );
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "could not start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match ponix_writer::run::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "ponix-writer failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_tracing(config: &Config) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(&config.log_level)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once, for an
+/// operator who does not want to wait for the drain.
+#[cfg(unix)]
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Both handlers are registered once, up front, so that no signal falls between
+    // two registrations. Registration only fails without a signal driver, which
+    // `enable_all` provides; without handlers the default disposition (terminate)
+    // stays, which is the best remaining behaviour.
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "could not install signal handlers");
+            return;
+        }
+    };
+    let mut received = 0u32;
+    loop {
+        let name = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        received += 1;
+        if received == 1 {
+            tracing::info!(
+                signal = name,
+                "shutting down: finishing the in-flight batch"
+            );
+            shutdown.cancel();
+        } else {
+            tracing::warn!(signal = name, "second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn watch_signals(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!("shutting down: finishing the in-flight batch");
+        shutdown.cancel();
+    }
+}

@@ -1,1 +1,340 @@
-//! TODO
+//! Prometheus metrics, served as text on `/metrics`.
+//!
+//! All names carry the `ponix_writer_` prefix. Counters get the `_total` suffix from
+//! the encoder.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `messages_received_total` | counter | |
+//! | `redeliveries_total` | counter: messages seen with a delivery count above 1 | |
+//! | `rows_inserted_total` | counter | |
+//! | `batches_total` | counter: fetched batches, by what happened to their rows | `outcome` |
+//! | `inserts_total` | counter: INSERT statements, by result | `result` |
+//! | `insert_duration_seconds` | histogram: time per INSERT statement | |
+//! | `acks_total` | counter: messages acknowledged after their rows committed | |
+//! | `naks_total` | counter: messages NAKed with a delay | `reason` |
+//! | `dead_lettered_total` | counter: messages stored in the dead-letter stream, then terminated | `reason` |
+//! | `dead_letter_failures_total` | counter: dead-letter publishes that failed (the message was NAKed instead) | |
+//! | `ack_failures_total` | counter: acknowledgements the client could not send or confirm | |
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::store::ErrorClass;
+
+/// What happened to the rows of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchOutcome {
+    /// Every valid row committed (invalid messages, if any, were dead-lettered).
+    Committed,
+    /// Some rows committed, others were rejected or failed.
+    Partial,
+    /// No row committed.
+    Failed,
+    /// The batch held no valid row (all invalid, or empty).
+    NoRows,
+    /// Shutdown cut processing short; the messages were NAKed.
+    Aborted,
+}
+
+/// Result of one INSERT statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InsertResult {
+    Ok,
+    Retryable,
+    PermanentDestination,
+    PermanentData,
+}
+
+impl BatchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+            Self::NoRows => "no_rows",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+impl InsertResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Retryable => "retryable",
+            Self::PermanentDestination => "permanent_destination",
+            Self::PermanentData => "permanent_data",
+        }
+    }
+}
+
+impl NakReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::PermanentDestination => "permanent_destination",
+            Self::DeadLetterFailed => "dead_letter_failed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl From<ErrorClass> for InsertResult {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Retryable => Self::Retryable,
+            ErrorClass::Destination => Self::PermanentDestination,
+            ErrorClass::Data => Self::PermanentData,
+        }
+    }
+}
+
+/// Why a message was NAKed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NakReason {
+    /// The INSERT failed with a retryable error.
+    Retryable,
+    /// The INSERT failed with a permanent destination error (schema, credentials).
+    PermanentDestination,
+    /// The message had to be dead-lettered, and the dead-letter publish failed.
+    DeadLetterFailed,
+    /// Shutdown interrupted the batch.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NakLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The writer's metrics and the registry that encodes them. Cheap to update from any
+/// task: every metric is atomic.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    messages_received: Counter,
+    redeliveries: Counter,
+    rows_inserted: Counter,
+    batches: Family<OutcomeLabels, Counter>,
+    inserts: Family<ResultLabels, Counter>,
+    insert_duration: Histogram,
+    acks: Counter,
+    naks: Family<NakLabels, Counter>,
+    dead_lettered: Family<ReasonLabels, Counter>,
+    dead_letter_failures: Counter,
+    ack_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ponix_writer");
+        let messages_received = Counter::default();
+        let redeliveries = Counter::default();
+        let rows_inserted = Counter::default();
+        let batches = Family::<OutcomeLabels, Counter>::default();
+        let inserts = Family::<ResultLabels, Counter>::default();
+        // 5 ms .. ~82 s: a small local insert up to one near the default timeouts.
+        let insert_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15),
+        );
+        let acks = Counter::default();
+        let naks = Family::<NakLabels, Counter>::default();
+        let dead_lettered = Family::<ReasonLabels, Counter>::default();
+        let dead_letter_failures = Counter::default();
+        let ack_failures = Counter::default();
+
+        registry.register(
+            "messages_received",
+            "JetStream messages received",
+            messages_received.clone(),
+        );
+        registry.register(
+            "redeliveries",
+            "Messages received with a delivery count above 1",
+            redeliveries.clone(),
+        );
+        registry.register(
+            "rows_inserted",
+            "Rows committed to ClickHouse",
+            rows_inserted.clone(),
+        );
+        registry.register(
+            "batches",
+            "Fetched batches, by what happened to their rows",
+            batches.clone(),
+        );
+        registry.register("inserts", "INSERT statements, by result", inserts.clone());
+        registry.register(
+            "insert_duration_seconds",
+            "Time per INSERT statement",
+            insert_duration.clone(),
+        );
+        registry.register(
+            "acks",
+            "Messages acknowledged after their rows committed",
+            acks.clone(),
+        );
+        registry.register("naks", "Messages NAKed with a delay", naks.clone());
+        registry.register(
+            "dead_lettered",
+            "Messages stored in the dead-letter stream and terminated",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_letter_failures",
+            "Dead-letter publishes that failed; the message was NAKed instead",
+            dead_letter_failures.clone(),
+        );
+        registry.register(
+            "ack_failures",
+            "Acknowledgements that could not be sent or confirmed",
+            ack_failures.clone(),
+        );
+
+        Self {
+            registry,
+            messages_received,
+            redeliveries,
+            rows_inserted,
+            batches,
+            inserts,
+            insert_duration,
+            acks,
+            naks,
+            dead_lettered,
+            dead_letter_failures,
+            ack_failures,
+        }
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug in the
+        // registrations above, and an empty body is a better answer than a panic.
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The `Content-Type` of [`Metrics::encode`]'s output.
+    pub const CONTENT_TYPE: &'static str =
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+    pub fn message_received(&self, delivered: i64) {
+        self.messages_received.inc();
+        if delivered > 1 {
+            self.redeliveries.inc();
+        }
+    }
+
+    pub fn insert_finished(&self, rows: usize, elapsed: Duration, result: InsertResult) {
+        self.insert_duration.observe(elapsed.as_secs_f64());
+        self.inserts
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+        if result == InsertResult::Ok {
+            self.rows_inserted.inc_by(rows as u64);
+        }
+    }
+
+    pub fn batch_finished(&self, outcome: BatchOutcome) {
+        self.batches
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn acked(&self, messages: u64) {
+        self.acks.inc_by(messages);
+    }
+
+    pub fn naked(&self, reason: NakReason) {
+        self.naks
+            .get_or_create(&NakLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// `reason` is the stable code also sent in the `Ponix-Dead-Letter-Reason` header.
+    pub fn dead_lettered(&self, reason: &'static str) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn dead_letter_failed(&self) {
+        self.dead_letter_failures.inc();
+    }
+
+    pub fn ack_failed(&self, messages: u64) {
+        self.ack_failures.inc_by(messages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_text_with_prefix_and_labels() {
+        let metrics = Metrics::new();
+        metrics.message_received(1);
+        metrics.message_received(3);
+        metrics.insert_finished(2, Duration::from_millis(12), InsertResult::Ok);
+        metrics.batch_finished(BatchOutcome::Committed);
+        metrics.naked(NakReason::Retryable);
+        metrics.dead_lettered("decode_failed");
+        let text = metrics.encode();
+        for line in [
+            "ponix_writer_messages_received_total 2",
+            "ponix_writer_redeliveries_total 1",
+            "ponix_writer_rows_inserted_total 2",
+            "ponix_writer_batches_total{outcome=\"committed\"} 1",
+            "ponix_writer_inserts_total{result=\"ok\"} 1",
+            "ponix_writer_insert_duration_seconds_count 1",
+            "ponix_writer_naks_total{reason=\"retryable\"} 1",
+            "ponix_writer_dead_lettered_total{reason=\"decode_failed\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(text.contains("# TYPE ponix_writer_insert_duration_seconds histogram"));
+    }
+}

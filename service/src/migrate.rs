@@ -1,1 +1,378 @@
-//! TODO
+//! Schema migrations at start-up: runs the goose CLI as a child process.
+//!
+//! `goose -env none -no-color -dir <migrations dir> up`, with the driver and the DSN in
+//! `GOOSE_DRIVER` / `GOOSE_DBSTRING`. The DSN carries the password, so it goes in the
+//! child's environment rather than on its command line, where any local user could
+//! read it from the process list; `-env none` stops goose from also reading a `.env`
+//! file from the working directory.
+//!
+//! goose runs under `tokio::process` (the runtime keeps serving health checks while
+//! it works) with `kill_on_drop`, bounded by the configured timeout: a hung goose is
+//! killed, and a cancelled start-up does not leave it running. Its output is logged
+//! and quoted in errors only after [`scrub`] removed credentials from it.
+//!
+//! A run that fails or times out may have applied part of a migration: ClickHouse
+//! has no transactions. The migrations in `migrations/` are written so that the next
+//! run completes them from any such state.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::config::{MigrationsConfig, Secret};
+
+/// How much of goose's output an error quotes (the end, where the cause is).
+const MAX_OUTPUT_IN_ERROR: usize = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "goose binary not found at {}: install it (cargo xtask tools) or set PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+        .0.display()
+    )]
+    GooseNotFound(PathBuf),
+    #[error("migrations directory {} does not exist or is not a directory: set PONIX_CLICKHOUSE_MIGRATIONS_DIR", .0.display())]
+    DirMissing(PathBuf),
+    #[error("could not start goose at {}: {source}", .path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "goose did not finish within {0:?} and was killed; a migration may be half-applied \
+         (the next run completes it); raise PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS if the data is large"
+    )]
+    TimedOut(Duration),
+    #[error("waiting for goose failed: {0}")]
+    Wait(#[source] io::Error),
+    #[error("goose failed ({status}): {output}")]
+    Failed { status: String, output: String },
+}
+
+/// Runs `goose up` unless migrations are disabled. `dsn` is the goose/clickhouse-go
+/// DSN; `secrets` are further strings (the password) to remove from goose's output.
+pub async fn run(
+    config: &MigrationsConfig,
+    dsn: &Secret,
+    secrets: &[&str],
+) -> Result<(), MigrateError> {
+    if !config.enabled {
+        tracing::info!("migrations disabled; assuming the schema is managed elsewhere");
+        return Ok(());
+    }
+    if !config.dir.is_dir() {
+        return Err(MigrateError::DirMissing(config.dir.clone()));
+    }
+    let mut scrub_list: Vec<&str> = vec![dsn.expose()];
+    scrub_list.extend_from_slice(secrets);
+
+    tracing::info!(
+        goose = %config.goose_binary.display(),
+        dir = %config.dir.display(),
+        timeout = ?config.timeout,
+        "running migrations"
+    );
+    let started = tokio::time::Instant::now();
+    let child = goose_command(&config.goose_binary, &config.dir, dsn)
+        .spawn()
+        .map_err(|source| spawn_error(&config.goose_binary, source))?;
+
+    // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
+    let output = match tokio::time::timeout(config.timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => return Err(MigrateError::Wait(error)),
+        Err(_) => return Err(MigrateError::TimedOut(config.timeout)),
+    };
+
+    // goose logs to stderr; stdout carries little. Keep both, in that order.
+    let text = scrub(
+        &format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        &scrub_list,
+    );
+    if !output.status.success() {
+        return Err(MigrateError::Failed {
+            status: output.status.to_string(),
+            output: tail(text.trim(), MAX_OUTPUT_IN_ERROR),
+        });
+    }
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        tracing::info!(target: "ponix_writer::migrate::goose", "{line}");
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "migrations done");
+    Ok(())
+}
+
+fn goose_command(binary: &Path, dir: &Path, dsn: &Secret) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("-env")
+        .arg("none")
+        .arg("-no-color")
+        .arg("-dir")
+        .arg(dir)
+        .arg("up")
+        .env("GOOSE_DRIVER", "clickhouse")
+        .env("GOOSE_DBSTRING", dsn.expose())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+fn spawn_error(binary: &Path, source: io::Error) -> MigrateError {
+    match source.kind() {
+        io::ErrorKind::NotFound => MigrateError::GooseNotFound(binary.to_owned()),
+        _ => MigrateError::Spawn {
+            path: binary.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Removes credentials from text before it is logged or put in an error:
+/// - every occurrence of each non-empty secret, as given and percent-encoded;
+/// - the password part of any `scheme://user:password@` in the text, whatever it is
+///   (goose and its driver sometimes print a DSN they re-encoded themselves).
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    // Longest first, so that a secret containing another one is replaced whole.
+    let mut needles: Vec<String> = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| [(*s).to_owned(), percent_encode(s)])
+        .collect();
+    needles.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    needles.dedup();
+    for needle in &needles {
+        out = out.replace(needle.as_str(), "***");
+    }
+    scrub_userinfo(&out)
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`, for every URL in `text`.
+fn scrub_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail_part) = rest.split_at(pos + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace.
+        let end = tail_part
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == '"')
+            .unwrap_or(tail_part.len());
+        let authority = &tail_part[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail_part[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// RFC 3986 userinfo encoding: everything but unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The last `max` characters of `text`, marked when cut.
+fn tail(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let skip = text
+        .char_indices()
+        .nth(count - max)
+        .map_or(0, |(index, _)| index);
+    format!("…{}", &text[skip..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_the_dsn_and_the_password_in_any_form() {
+        let dsn = "http://writer:p%40ss%3Aw0rd@ch:8123/ponix";
+        let text = format!(
+            "goose run: failed to open {dsn}: Post \"http://writer:p@ss:w0rd@ch:8123?x=1\": refused; pw=p@ss:w0rd enc=p%40ss%3Aw0rd"
+        );
+        let out = scrub(&text, &[dsn, "p@ss:w0rd"]);
+        assert!(!out.contains("p@ss"), "{out}");
+        assert!(!out.contains("w0rd"), "{out}");
+        assert!(out.contains("goose run: failed to open ***"), "{out}");
+        assert!(out.contains("refused"), "{out}");
+    }
+
+    #[test]
+    fn scrub_masks_userinfo_of_unknown_urls() {
+        assert_eq!(
+            scrub("dial clickhouse://u:other@host:9000/db failed", &[]),
+            "dial clickhouse://u:***@host:9000/db failed"
+        );
+        // No password part, or no userinfo at all: unchanged.
+        assert_eq!(
+            scrub("http://u@h/x and http://h:8123/?a=b", &[]),
+            "http://u@h/x and http://h:8123/?a=b"
+        );
+        assert_eq!(scrub("no urls here", &["", "absent"]), "no urls here");
+    }
+
+    #[test]
+    fn percent_encoding_matches_userinfo_rules() {
+        assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
+        assert_eq!(percent_encode("p@ss:w/rd é"), "p%40ss%3Aw%2Frd%20%C3%A9");
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        assert_eq!(tail("abcdef", 10), "abcdef");
+        assert_eq!(tail("abcdef", 3), "…def");
+        assert_eq!(tail("ééééé", 2), "…éé");
+    }
+
+    fn config(binary: &str, dir: &Path) -> MigrationsConfig {
+        MigrationsConfig {
+            enabled: true,
+            dir: dir.to_owned(),
+            goose_binary: PathBuf::from(binary),
+            dsn_override: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn secret(text: &str) -> Secret {
+        Secret::new(text)
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ponix-migrate-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    #[tokio::test]
+    async fn disabled_migrations_do_nothing() {
+        let mut config = config("/nonexistent/goose", Path::new("/nonexistent"));
+        config.enabled = false;
+        run(&config, &secret("x"), &[]).await.expect("skipped");
+    }
+
+    #[cfg(unix)]
+    fn fake_goose(dir: &Path, name: &str, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("write fake goose");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    /// Every case that spawns a process runs in this one test, one after the other:
+    /// writing an executable while another test thread forks can make the exec fail
+    /// with ETXTBSY ("text file busy"), a classic source of flaky tests.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn goose_child_process_cases() {
+        let dir = scratch_dir("cases");
+        let dsn = "http://writer:s3cret@ch:8123/ponix";
+        let ok = fake_goose(
+            &dir,
+            "ok",
+            r#"echo "goose: no migrations to run. current version: 20251104110101" >&2"#,
+        );
+        // Echoes its arguments and the DSN back, as a careless tool might, then fails.
+        let failing = fake_goose(
+            &dir,
+            "failing",
+            r#"echo "args: $*" >&2; echo "dsn: $GOOSE_DBSTRING driver: $GOOSE_DRIVER" >&2; exit 3"#,
+        );
+        let hung = fake_goose(&dir, "hung", "exec sleep 30");
+
+        // Missing binary: an actionable message.
+        let error = run(&config("/nonexistent/goose", &dir), &secret(dsn), &[])
+            .await
+            .expect_err("must fail");
+        let text = error.to_string();
+        assert!(
+            text.contains("goose binary not found at /nonexistent/goose"),
+            "{text}"
+        );
+        assert!(text.contains("cargo xtask tools"), "{text}");
+        assert!(
+            text.contains("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH"),
+            "{text}"
+        );
+
+        // Missing migrations directory.
+        let error = run(
+            &config(ok.to_str().expect("utf-8"), &dir.join("nope")),
+            &secret(dsn),
+            &[],
+        )
+        .await
+        .expect_err("must fail");
+        assert!(matches!(error, MigrateError::DirMissing(_)), "{error}");
+
+        // Success.
+        run(
+            &config(ok.to_str().expect("utf-8"), &dir),
+            &secret(dsn),
+            &[],
+        )
+        .await
+        .expect("success");
+
+        // Failure: stderr quoted, credentials scrubbed, DSN passed by environment.
+        let error = run(
+            &config(failing.to_str().expect("utf-8"), &dir),
+            &secret(dsn),
+            &["s3cret"],
+        )
+        .await
+        .expect_err("must fail");
+        let text = error.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("dsn: *** driver: clickhouse"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "args: -env none -no-color -dir {} up",
+                dir.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("exit status: 3"), "{text}");
+
+        // A hung goose is killed at the timeout.
+        let mut hung_config = config(hung.to_str().expect("utf-8"), &dir);
+        hung_config.timeout = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let error = run(&hung_config, &secret(dsn), &[])
+            .await
+            .expect_err("must time out");
+        assert!(matches!(error, MigrateError::TimedOut(_)), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

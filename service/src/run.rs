@@ -1,1 +1,264 @@
-//! TODO
+//! Wiring and lifecycle: start-up in a fixed order, consume, shut down within bounds.
+//!
+//! Start-up, each step gated on the one before:
+//!
+//! 1. bind the HTTP endpoint (so `/healthz` answers and `/readyz` explains what the
+//!    writer is waiting for, even during a long migration);
+//! 2. connect to NATS and ping ClickHouse, concurrently, retrying until the start-up
+//!    timeout;
+//! 3. run the migrations (nothing has been consumed yet; a failure ends the process);
+//! 4. clear clickhouse-rs' cached table schemas, which the migrations may have changed;
+//! 5. ensure the streams and the durable consumer;
+//! 6. log the effective configuration (the password shows as `***`);
+//! 7. consume, and run the demo producer if configured.
+//!
+//! Shutdown (the token is cancelled, by SIGTERM/SIGINT in `main`): no new pulls; the
+//! in-flight batch finishes (insert then ack, or NAK) within 3/4 of the shutdown
+//! timeout, or is NAKed; acks are flushed; the HTTP server stops last. If all that
+//! has not happened within the shutdown timeout, `run` returns an error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::consumer::{self, Consumer};
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::{demo, migrate};
+
+/// The table the bundled migrations create.
+const MIGRATED_TABLE: &str = "processed_envelopes";
+
+/// Runs the writer until `shutdown` is cancelled, or until start-up fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+
+    // The HTTP server outlives the consumer, so that probes keep answering while the
+    // last batch drains; it has its own token, cancelled on the way out.
+    let http_stop = CancellationToken::new();
+    let (http_addr, serve) = http::bind(
+        config.http_addr,
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+        http_stop.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the HTTP endpoint on {}", config.http_addr))?;
+    tracing::info!(addr = %http_addr, "serving /healthz, /readyz and /metrics");
+    let http_task = tokio::spawn(serve);
+
+    let result = run_writer(&config, &shutdown, &health, &metrics).await;
+
+    http_stop.cancel();
+    match http_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "HTTP server failed"),
+        Err(error) => tracing::warn!(%error, "HTTP server task failed"),
+    }
+    result
+}
+
+async fn run_writer(
+    config: &Config,
+    shutdown: &CancellationToken,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let Some(started) = until_shutdown(shutdown, start(config, health)).await else {
+        tracing::info!("shutdown requested during start-up; exiting");
+        return Ok(());
+    };
+    let Started {
+        nats,
+        store,
+        js,
+        pull,
+    } = started?;
+
+    let demo_task = config.demo_interval.map(|interval| {
+        tokio::spawn(demo::run(
+            js.clone(),
+            config.nats.subject.clone(),
+            interval,
+            shutdown.clone(),
+        ))
+    });
+
+    let consumer = Consumer::new(
+        js,
+        pull,
+        config.nats.clone(),
+        store,
+        Arc::clone(metrics),
+        Arc::clone(health),
+        config.shutdown_timeout.mul_f64(0.75),
+    );
+    let mut consuming = std::pin::pin!(consumer.run(shutdown.clone()));
+    // A hard bound on the shutdown, whatever the consumer is doing.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    let stopped_by = Instant::now();
+    tokio::select! {
+        result = &mut consuming => result.context("consumer failed")?,
+        () = deadline => bail!(
+            "shutdown did not complete within {:?}; unacknowledged messages will be redelivered after AckWait",
+            config.shutdown_timeout
+        ),
+    }
+
+    if let Some(task) = demo_task
+        && let Err(error) = task.await
+    {
+        tracing::warn!(%error, "demo producer task failed");
+    }
+    // Drain: flushes what is buffered (acks included) and closes the connection.
+    let remaining = config
+        .shutdown_timeout
+        .saturating_sub(stopped_by.elapsed())
+        .max(Duration::from_millis(100));
+    match tokio::time::timeout(remaining, nats.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "draining the NATS connection failed"),
+        Err(_) => tracing::warn!("draining the NATS connection timed out"),
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+struct Started {
+    nats: async_nats::Client,
+    store: Store,
+    js: jetstream::Context,
+    pull: jetstream::consumer::PullConsumer,
+}
+
+async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
+    let deadline = Instant::now() + config.startup_timeout;
+    let store = Store::new(&config.clickhouse);
+    let (nats, ()) = tokio::try_join!(
+        connect_nats(config, deadline),
+        ping_clickhouse(&store, config, deadline),
+    )?;
+    health.set_nats(nats.clone());
+    health.set_clickhouse_answered();
+
+    if config.migrations.enabled && config.clickhouse.table != MIGRATED_TABLE {
+        tracing::warn!(
+            table = %config.clickhouse.table,
+            migrated_table = MIGRATED_TABLE,
+            "the bundled migrations create a different table than the one configured; \
+             make sure the configured table exists with the same schema"
+        );
+    }
+    let dsn = config.goose_dsn();
+    migrate::run(
+        &config.migrations,
+        &dsn,
+        &[config.clickhouse.password.expose()],
+    )
+    .await
+    .context("migrations failed; nothing was consumed")?;
+    store.clear_cached_metadata().await;
+    health.set_migrations_done();
+
+    let js = jetstream::new(nats.clone());
+    let pull = consumer::ensure(&js, &config.nats).await?;
+
+    tracing::info!(?config, "effective configuration");
+    Ok(Started {
+        nats,
+        store,
+        js,
+        pull,
+    })
+}
+
+async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
+    retry_until(deadline, "connecting to NATS", || async {
+        async_nats::ConnectOptions::new()
+            .name("ponix-writer")
+            .connection_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            )
+            .connect(config.nats.url.as_str())
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+}
+
+async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> anyhow::Result<()> {
+    retry_until(deadline, "pinging ClickHouse", || async {
+        let ping = store.ping().await;
+        match ping {
+            // A wrong password or database will not fix itself: fail now, not at the
+            // deadline, and say why.
+            Err(error) if error.is_permanent() => Err(anyhow::Error::from(error).context(format!(
+                "ClickHouse at {} refused the connection",
+                config.clickhouse.url
+            ))),
+            other => other.map_err(anyhow::Error::from),
+        }
+    })
+    .await
+}
+
+/// Calls `attempt` until it succeeds or `deadline` passes, pausing with backoff in
+/// between; returns the last error, with `what` and the timeout in its context.
+async fn retry_until<T, F, Fut>(deadline: Instant, what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut pause = Duration::from_millis(200);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::anyhow!("no answer before the start-up deadline"),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || is_final(&error) {
+            return Err(error.context(format!(
+                "{what} failed after {attempts} attempt(s) (start-up timeout: PONIX_STARTUP_TIMEOUT_SECS)"
+            )));
+        }
+        tracing::info!(error = format!("{error:#}"), retry_in = ?pause, "{what}: not yet");
+        tokio::time::sleep(pause.min(remaining)).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Errors that retrying cannot fix.
+fn is_final(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<crate::store::StoreError>(), Some(e) if e.is_permanent()))
+}
+
+/// `Some(output)` if `future` finished first, `None` if shutdown was requested first.
+async fn until_shutdown<T>(
+    shutdown: &CancellationToken,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        output = future => Some(output),
+    }
+}

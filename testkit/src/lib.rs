@@ -7,11 +7,15 @@
 //!   `cargo xtask e2e` (`PONIX_REQUIRE_INFRA=1`) missing endpoints fail instead.
 //! - [`infra`]: RAII handles that stop, freeze and restart ClickHouse and NATS,
 //!   either private instances a test starts for itself or the shared ones.
+//! - [`snapshot`]: the insta settings with the one shared redaction table.
 //! - [`strategies`]: the one module of proptest strategies.
 
 pub mod endpoints;
 pub mod harness;
 pub mod infra;
+pub mod snapshot;
 pub mod strategies;
 
 pub use endpoints::Endpoints;
+/// The local backend's process control and probes, for tests that need them directly.
+pub use localenv;

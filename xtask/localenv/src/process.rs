@@ -219,6 +219,11 @@ fn reap_if_our_child(pid: u32) {
     }
 }
 
+/// Asks any process to shut down gracefully.
+pub fn terminate(pid: u32) -> std::io::Result<()> {
+    signal(pid, libc::SIGTERM)
+}
+
 pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
     let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
     // SAFETY: kill(2) has no memory-safety preconditions.
