@@ -129,19 +129,7 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
         })
         .await
         .with_context(|| format!("ensuring stream {}", config.stream))?;
-    js.get_or_create_stream(stream::Config {
-        name: config.dead_letter_stream.clone(),
-        subjects: vec![config.dead_letter_subject.clone()],
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
-            config.dead_letter_stream, config.dead_letter_subject
-        )
-    })?;
+    ensure_dead_letter_stream(js, config).await?;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(config.consumer.clone()),
@@ -161,6 +149,27 @@ pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Res
             )
         })?;
     Ok(consumer)
+}
+
+/// Creates the dead-letter stream if it is missing.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> anyhow::Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: config.dead_letter_stream.clone(),
+        subjects: vec![config.dead_letter_subject.clone()],
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
+            config.dead_letter_stream, config.dead_letter_subject
+        )
+    })?;
+    Ok(())
 }
 
 /// The delay of a NAK for a message on its `delivered`-th delivery:
@@ -314,39 +323,48 @@ impl Consumer {
         // a byte limit, so that one large message cannot stall the consumer.
         let mut single = false;
         while !shutdown.is_cancelled() {
-            match self.fetch(&shutdown, single).await {
-                Ok((deliveries, error)) => {
-                    fetch_failures = 0;
-                    single = deliveries.is_empty() && error.is_some();
-                    if let Some(error) = error {
-                        tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
-                    }
-                    if !deliveries.is_empty() {
-                        self.process(deliveries, &shutdown).await;
+            let failure = match self.fetch(&shutdown, single).await {
+                Ok((deliveries, ended_by)) => {
+                    single = deliveries.is_empty() && ended_by.is_some();
+                    match ended_by {
+                        // An error before any message (consumer deleted, no responders,
+                        // ...) would make the next pull fail at once too: back off.
+                        Some(error) if deliveries.is_empty() => Some(error),
+                        ended_by => {
+                            fetch_failures = 0;
+                            if let Some(error) = ended_by {
+                                tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
+                            }
+                            if !deliveries.is_empty() {
+                                self.process(deliveries, &shutdown).await;
+                            }
+                            None
+                        }
                     }
                 }
-                Err(error) => {
-                    fetch_failures = fetch_failures.saturating_add(1);
-                    let pause = nak_delay(
-                        i64::from(fetch_failures),
-                        Duration::from_millis(500),
-                        Duration::from_secs(30),
-                        fastrand::f64(),
-                    );
-                    tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    // The stream or consumer may have been deleted under us: recreate
-                    // them (idempotent) before the next pull.
-                    match ensure(&self.js, &self.config).await {
-                        Ok(consumer) => self.consumer = consumer,
-                        Err(error) => tracing::warn!(
-                            error = format!("{error:#}"),
-                            "re-ensuring stream and consumer failed"
-                        ),
-                    }
+                Err(error) => Some(error),
+            };
+            if let Some(error) = failure {
+                fetch_failures = fetch_failures.saturating_add(1);
+                let pause = nak_delay(
+                    i64::from(fetch_failures),
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                    fastrand::f64(),
+                );
+                tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                // The stream or consumer may have been deleted under us: recreate them
+                // (idempotent) before the next pull.
+                match ensure(&self.js, &self.config).await {
+                    Ok(consumer) => self.consumer = consumer,
+                    Err(error) => tracing::warn!(
+                        error = format!("{error:#}"),
+                        "re-ensuring stream and consumer failed"
+                    ),
                 }
             }
         }
@@ -536,6 +554,16 @@ impl Consumer {
 
         if !dead.is_empty() {
             let results = self.dead_letter(deliveries, &dead).await;
+            if results.iter().any(Result::is_err) {
+                // Perhaps the dead-letter stream was deleted: recreate it (idempotent)
+                // so that the NAKed messages find it when they come back.
+                if let Err(error) = ensure_dead_letter_stream(&self.js, &self.config).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "re-ensuring the dead-letter stream failed"
+                    );
+                }
+            }
             for ((index, reason, _), result) in dead.iter().zip(results) {
                 let delivery = &deliveries[*index];
                 decisions[*index] = Some(match result {

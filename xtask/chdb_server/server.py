@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -1238,6 +1239,29 @@ def _read_password(args: argparse.Namespace) -> str:
     return os.environ.get("CHDB_SERVER_PASSWORD", "")
 
 
+# What ClickHouse's own packaging asks for. MergeTree merges open every column file
+# of every part they read, and each dynamic path of a JSON column is a file of its
+# own, so a burst of small inserts with varied JSON keys can briefly need thousands.
+WANTED_OPEN_FILES = 262144
+
+
+def raise_open_files_limit() -> int:
+    """Raises RLIMIT_NOFILE as far as this process may; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= WANTED_OPEN_FILES:
+        candidates = [(WANTED_OPEN_FILES, hard)]
+    else:
+        # Raising the hard limit needs CAP_SYS_RESOURCE; without it, take what there is.
+        candidates = [(WANTED_OPEN_FILES, WANTED_OPEN_FILES), (hard, hard)]
+    for limits in candidates:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return limits[0]
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -1260,6 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data-dir must not contain '?' (chDB reads it as connection options)")
     os.makedirs(data_dir, exist_ok=True)
 
+    open_files = raise_open_files_limit()
     engine = Engine(data_dir)
     try:
         server = ChdbHTTPServer((args.host, args.port), engine, credentials)
@@ -1271,7 +1296,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="http-accept", daemon=True).start()
     host, port = server.server_address[:2]
-    log.info("ClickHouse %s engine, data in %s, user %r", engine.version, data_dir, credentials.user)
+    log.info(
+        "ClickHouse %s engine, data in %s, user %r, open files limit %d",
+        engine.version,
+        data_dir,
+        credentials.user,
+        open_files,
+    )
     print(f"chdb-server listening on http://{host}:{port}", flush=True)
 
     stop.wait()

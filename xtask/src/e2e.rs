@@ -44,6 +44,12 @@ impl flags::E2e {
             )
         });
         steps.run("workspace tests", || workspace_tests(&layout, test_env()));
+        steps.run("struct-json round-trips", || {
+            cargo_tests(&layout, test_env(), &["-p", "ponix-writer", "--test", "roundtrip"])
+        });
+        steps.run("pipeline", || {
+            cargo_tests(&layout, test_env(), &["-p", "ponix-writer", "--test", "pipeline"])
+        });
 
         if steps.failed() {
             local::dump_logs(&layout);
@@ -76,7 +82,7 @@ fn chdb_endpoint_tests(layout: &Layout) -> anyhow::Result<String> {
 
 /// Integration-test targets that run as e2e steps of their own, so the
 /// workspace step leaves them out.
-const STEP_TARGETS: &[&str] = &["migrations"];
+const STEP_TARGETS: &[&str] = &["migrations", "pipeline", "roundtrip"];
 
 /// Unit, property, doc and integration tests of every crate, except the
 /// targets that are steps of their own.

@@ -99,8 +99,13 @@ pub fn up(layout: &Layout, engine: Engine) -> anyhow::Result<Endpoints> {
         eprintln!("the local environment is already running (stop it with `cargo xtask down`)");
         return Ok(endpoints);
     }
-    // A half-started environment (one process died) is replaced as a whole.
+    // A half-started environment (one process died) is replaced as a whole,
+    // and a fresh environment starts with fresh logs.
     down(layout)?;
+    let logs = layout.logs_dir();
+    if logs.exists() {
+        fs::remove_dir_all(&logs).with_context(|| format!("clearing {}", logs.display()))?;
+    }
 
     let endpoints = Endpoints {
         nats_port: free_port()?,
@@ -351,11 +356,17 @@ pub fn down(layout: &Layout) -> anyhow::Result<Vec<&'static str>> {
     Ok(stopped)
 }
 
-/// Prints the tail of every process log: called whenever something fails.
+/// Prints the tail of every process log in `.tools/logs/` (NATS, ClickHouse and
+/// any writer a test started): called whenever something fails.
 pub fn dump_logs(layout: &Layout) {
-    for name in [NATS, CLICKHOUSE] {
-        let path = log_file(layout, name);
-        eprintln!("----- {} -----\n{}", path.display(), log_tail(&path, 60));
+    let Ok(entries) = fs::read_dir(layout.logs_dir()) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries.filter_map(|entry| Some(entry.ok()?.path())).collect();
+    logs.retain(|path| path.extension().is_some_and(|ext| ext == "log"));
+    logs.sort();
+    for path in logs {
+        eprintln!("\n----- {} (last 60 lines) -----\n{}", path.display(), log_tail(&path, 60));
     }
 }
 

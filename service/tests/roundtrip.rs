@@ -1,0 +1,128 @@
+//! Struct → JSON round-trips through the real ClickHouse engine, with proptest
+//! (an e2e step of its own). Each generated `Struct` goes through the writer's
+//! own path (encode, `envelope::decode`, `ProcessedEnvelopeRow`, `Store`), is
+//! read back from the JSON column, and must equal what the fidelity contract
+//! (`payload::expected_after_clickhouse`) promises. PROPTEST_CASES sets the
+//! case count (default 128, sized for CI).
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use ponix_writer::config::Config;
+use ponix_writer::envelope::{self, ProcessedEnvelope};
+use ponix_writer::payload;
+use ponix_writer::row::ProcessedEnvelopeRow;
+use ponix_writer::store::Store;
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner};
+use prost::Message as _;
+use prost_types::{Struct, Timestamp};
+use testkit::Endpoints;
+
+testkit::integration_tests!(generated_structs_round_trip_through_clickhouse_under_the_contract);
+
+const DATABASE: &str = "roundtrip_check";
+const DEFAULT_CASES: u32 = 128;
+
+async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let config = writer_config(&endpoints)?;
+    ponix_writer::migrate::run(&config.migrations, &config.goose_dsn(), &[])
+        .await
+        .context("creating the table with the writer's migrations")?;
+    let store = Store::new(&config.clickhouse);
+    let reader = support::clickhouse(&endpoints, DATABASE);
+    let runtime = tokio::runtime::Handle::current();
+
+    // proptest drives synchronous closures; each case blocks on the async store
+    // from a blocking thread.
+    tokio::task::spawn_blocking(move || {
+        let mut runner = TestRunner::new(proptest_config());
+        let next_case = AtomicU64::new(0);
+        runner
+            .run(&testkit::strategies::arb_struct(), |sent| {
+                let device = format!("case-{}", next_case.fetch_add(1, Ordering::Relaxed));
+                runtime.block_on(round_trip(&store, &reader, &device, sent))
+            })
+            .map_err(|failure| anyhow::anyhow!("{failure}"))
+    })
+    .await?
+}
+
+async fn round_trip(
+    store: &Store,
+    reader: &clickhouse::Client,
+    device: &str,
+    sent: Struct,
+) -> Result<(), TestCaseError> {
+    let at = Some(Timestamp { seconds: 1_700_000_000, nanos: 0 });
+    let bytes = ProcessedEnvelope {
+        organization_id: "roundtrip".into(),
+        end_device_id: device.into(),
+        occurred_at: at,
+        processed_at: at,
+        data: Some(sent.clone()),
+    }
+    .encode_to_vec();
+    let valid = match envelope::decode(&bytes) {
+        Ok(valid) => valid,
+        // The contract rejects some payloads up front (keys that collide as
+        // ClickHouse paths); those never reach the table.
+        Err(invalid) => {
+            return Err(TestCaseError::reject(invalid.to_string()));
+        }
+    };
+    store
+        .insert_batch(&[ProcessedEnvelopeRow::from(valid)])
+        .await
+        .map_err(|err| TestCaseError::fail(format!("insert failed: {err}")))?;
+    let stored: String = reader
+        .query("SELECT data FROM processed_envelopes WHERE end_device_id = ?")
+        .bind(device)
+        .fetch_one()
+        .await
+        .map_err(|err| TestCaseError::fail(format!("select failed: {err}")))?;
+    let received = payload::json_str_to_struct(&stored)
+        .map_err(|err| TestCaseError::fail(format!("stored JSON {stored:?}: {err}")))?;
+    let expected = payload::expected_after_clickhouse(&sent);
+    if payload::structs_identical(&received, &expected) {
+        Ok(())
+    } else {
+        Err(TestCaseError::fail(format!(
+            "ClickHouse gave back {stored}\nthe contract promises {}",
+            payload::to_json_value(&expected).map(|v| v.to_string()).unwrap_or_default()
+        )))
+    }
+}
+
+fn proptest_config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(DEFAULT_CASES);
+    ProptestConfig {
+        cases,
+        // Committed, so a failing case found once is replayed on every run.
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/proptest-regressions/roundtrip.txt"
+        )))),
+        ..ProptestConfig::default()
+    }
+}
+
+fn writer_config(endpoints: &Endpoints) -> anyhow::Result<Config> {
+    let vars = [
+        ("PONIX_CLICKHOUSE_URL", endpoints.clickhouse_url.clone()),
+        ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
+        ("PONIX_CLICKHOUSE_USERNAME", endpoints.username.clone()),
+        ("PONIX_CLICKHOUSE_PASSWORD", endpoints.password.clone()),
+        ("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH", endpoints.goose_binary.display().to_string()),
+        ("PONIX_CLICKHOUSE_MIGRATIONS_DIR", endpoints.migrations_dir.display().to_string()),
+    ];
+    Config::from_vars(vars.into_iter().map(|(key, value)| (key.to_owned(), value)))
+        .map_err(|err| anyhow::anyhow!("{err}"))
+}
