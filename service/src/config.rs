@@ -81,8 +81,10 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsConfig {
+    /// One server URL, or several separated by commas; see [`NatsConfig::server_urls`].
+    /// May hold credentials (`nats://user:pass@host`): Debug output hides them.
     pub url: String,
     pub stream: String,
     /// Subjects the stream captures when the writer creates it.
@@ -100,6 +102,54 @@ pub struct NatsConfig {
     pub dead_letter_stream: String,
     pub nak_backoff_base: Duration,
     pub nak_backoff_max: Duration,
+}
+
+impl NatsConfig {
+    /// The servers to connect to, for `async_nats::connect`: a `&str` is parsed as *one*
+    /// server, so a comma-separated list must be passed as this list instead.
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url.split(',').collect()
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out of the logs by accident.
+        let Self {
+            url,
+            stream,
+            stream_subjects,
+            subject,
+            consumer,
+            batch_size,
+            batch_max_bytes,
+            batch_wait,
+            ack_wait,
+            max_deliver,
+            max_ack_pending,
+            dead_letter_subject,
+            dead_letter_stream,
+            nak_backoff_base,
+            nak_backoff_max,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_credentials(url))
+            .field("stream", stream)
+            .field("stream_subjects", stream_subjects)
+            .field("subject", subject)
+            .field("consumer", consumer)
+            .field("batch_size", batch_size)
+            .field("batch_max_bytes", batch_max_bytes)
+            .field("batch_wait", batch_wait)
+            .field("ack_wait", ack_wait)
+            .field("max_deliver", max_deliver)
+            .field("max_ack_pending", max_ack_pending)
+            .field("dead_letter_subject", dead_letter_subject)
+            .field("dead_letter_stream", dead_letter_stream)
+            .field("nak_backoff_base", nak_backoff_base)
+            .field("nak_backoff_max", nak_backoff_max)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +192,11 @@ impl Var {
     pub fn expected(&self) -> String {
         self.form.describe()
     }
+
+    /// How the value is parsed; tests derive the bad values to try from it.
+    pub fn form(&self) -> Form {
+        self.form
+    }
 }
 
 /// What applies when a variable is unset (or empty).
@@ -156,8 +211,8 @@ pub enum VarDefault {
 }
 
 /// How a value is parsed, and the words that describe it.
-#[derive(Debug, Clone, Copy)]
-enum Form {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Form {
     NatsUrl,
     HttpUrl,
     /// JetStream stream or consumer name.
@@ -170,6 +225,7 @@ enum Form {
     Subject,
     /// A ClickHouse database or table name, used unquoted.
     Identifier,
+    /// Text that is not empty or only whitespace.
     NonEmptyText,
     AnyText,
     WholeNumber {
@@ -219,7 +275,7 @@ impl Form {
             Form::Identifier => {
                 "an identifier: a letter or '_', then letters, digits and '_' (at most 255)".into()
             }
-            Form::NonEmptyText => "any non-empty text".into(),
+            Form::NonEmptyText => "any text that is not blank".into(),
             Form::AnyText => "any text".into(),
             Form::WholeNumber { min, max } => format!("a whole number from {min} to {max}"),
             Form::Bytes { min, max } => format!("a whole number of bytes from {min} to {max}"),
@@ -574,7 +630,7 @@ impl Config {
         }
 
         let nats = NatsConfig {
-            url: r.get(&NATS_URL, text).unwrap_or_default(),
+            url: r.get_nats_url(&NATS_URL).unwrap_or_default(),
             stream: stream.unwrap_or_default(),
             stream_subjects: stream_subjects.unwrap_or_default(),
             subject: subject.unwrap_or_default(),
@@ -687,18 +743,14 @@ impl Reader {
         parsed
     }
 
-    /// Like `get` for the ClickHouse URL, whose value is hidden when it holds credentials.
+    /// Like `get` for the ClickHouse URL, which must not hold credentials: they belong in
+    /// the variables that are kept secret. Such a value is not echoed.
     fn get_url(&mut self, var: &'static Var) -> Option<String> {
         let raw = self.given(var).or(match var.default {
             Value(default) => Some(default),
             _ => None,
         })?;
-        if let Some((_, rest)) = raw.split_once("://")
-            && rest
-                .split('/')
-                .next()
-                .is_some_and(|authority| authority.contains('@'))
-        {
+        if has_credentials(raw) {
             self.fail(
                 var,
                 None,
@@ -711,6 +763,23 @@ impl Reader {
             return None;
         }
         self.get(var, text)
+    }
+
+    /// Like `get` for the NATS URL, which may hold credentials (NATS has no variables of
+    /// its own for them); a value that does is not echoed.
+    fn get_nats_url(&mut self, var: &'static Var) -> Option<String> {
+        let raw = self.given(var).or(match var.default {
+            Value(default) => Some(default),
+            _ => None,
+        })?;
+        if !has_credentials(raw) {
+            return self.get(var, text);
+        }
+        let parsed = text(var.form, raw);
+        if parsed.is_none() {
+            self.fail(var, None, format!("expected {}", var.expected()));
+        }
+        parsed
     }
 
     /// Records a problem with `var`'s current value (given or default).
@@ -813,7 +882,9 @@ fn text(form: Form, s: &str) -> Option<String> {
                     .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         }
-        NonEmptyText | FilePath => !s.is_empty(),
+        // Only whitespace is a mistake (a stray space in a deployment file), never a
+        // user name, DSN or path.
+        NonEmptyText | FilePath => !s.trim().is_empty(),
         AnyText => true,
         LogFilter => tracing_subscriber::EnvFilter::try_new(s).is_ok(),
         _ => false,
@@ -860,18 +931,53 @@ fn socket_addr(form: Form, s: &str) -> Option<SocketAddr> {
     s.parse().ok()
 }
 
+/// Each comma-separated server must parse as async-nats parses it at connect time (so
+/// that a bad port or scheme is a configuration error naming the variable, not a retry
+/// loop until the start-up timeout), with a host, and without spaces (which the client
+/// would trim).
 fn valid_nats_url(s: &str) -> bool {
     s.split(',').all(|server| {
-        let address = match server.split_once("://") {
-            Some((scheme, rest)) => ["nats", "tls", "ws", "wss"]
-                .contains(&scheme)
-                .then_some(rest),
-            None => Some(server),
-        };
-        address.is_some_and(|a| {
-            !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || c.is_control())
-        })
+        !server.contains(|c: char| c.is_whitespace() || c.is_control())
+            && server
+                .parse::<async_nats::ServerAddr>()
+                .is_ok_and(|address| !address.host().is_empty())
     })
+}
+
+/// The authority of each comma-separated URL in `s` (what follows `scheme://`, up to the
+/// path), or of the whole part when there is no scheme.
+fn authorities(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(|part| {
+        let rest = part.split_once("://").map_or(part, |(_, rest)| rest);
+        rest.split(['/', '?', '#']).next().unwrap_or(rest)
+    })
+}
+
+/// Whether a URL (or comma-separated list of them) carries `user[:password]@`.
+fn has_credentials(s: &str) -> bool {
+    authorities(s).any(|authority| authority.contains('@'))
+}
+
+/// `s` with the user-info of each comma-separated URL replaced by `***`.
+fn redact_credentials(s: &str) -> String {
+    s.split(',')
+        .map(|part| {
+            let (scheme, rest) = match part.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, part),
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let rest = match rest[..end].rfind('@') {
+                Some(at) => format!("***{}", &rest[at..]),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{rest}"),
+                None => rest,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `http(s)://host[:port][/]`: the client appends its own path and query, and credentials

@@ -5,6 +5,9 @@
 //! machines this project is developed on have no Docker engine: this path has to be
 //! correct by construction. `cargo xtask lint` validates the compose file itself.
 
+// The backend API for `e2e`/`dev --backend compose`; parts are unused until they are wired.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -137,9 +140,10 @@ impl ComposeBackend {
     pub fn env_vars(&self, layout: &Layout) -> anyhow::Result<Vec<(&'static str, String)>> {
         let settings = load_settings(&layout.root)?;
         let setting = |key: &str| -> anyhow::Result<String> {
-            settings.get(key).cloned().with_context(|| {
-                format!("{SETTINGS_TEMPLATE} (or {SETTINGS_LOCAL}) has no {key}")
-            })
+            settings
+                .get(key)
+                .cloned()
+                .with_context(|| format!("{SETTINGS_TEMPLATE} (or {SETTINGS_LOCAL}) has no {key}"))
         };
         Ok(vec![
             ("PONIX_NATS_URL", NATS_URL.to_owned()),
@@ -225,15 +229,16 @@ impl ComposeBackend {
 /// Plain `KEY=VALUE` lines; `#` starts a comment line.
 pub fn load_settings(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let template = root.join(SETTINGS_TEMPLATE);
-    let text = fs::read_to_string(&template)
-        .with_context(|| format!("reading {}", template.display()))?;
+    let text =
+        fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
     let mut settings =
         parse_settings(&text).with_context(|| format!("parsing {}", template.display()))?;
     let local = root.join(SETTINGS_LOCAL);
     if local.exists() {
         let text =
             fs::read_to_string(&local).with_context(|| format!("reading {}", local.display()))?;
-        settings.extend(parse_settings(&text).with_context(|| format!("parsing {}", local.display()))?);
+        settings
+            .extend(parse_settings(&text).with_context(|| format!("parsing {}", local.display()))?);
     }
     Ok(settings)
 }
@@ -249,7 +254,10 @@ pub fn parse_settings(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
             bail!("line {}: expected KEY=VALUE, found {line:?}", index + 1);
         };
         if key.is_empty() || key != key.trim() || value != value.trim() {
-            bail!("line {}: no spaces around `=` (compose would keep them)", index + 1);
+            bail!(
+                "line {}: no spaces around `=` (compose would keep them)",
+                index + 1
+            );
         }
         settings.insert(key.to_owned(), value.to_owned());
     }
@@ -306,7 +314,9 @@ fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> bool {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return status.success(),
-            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) if started.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -395,14 +405,23 @@ mod tests {
         assert_eq!(args[..3], ["compose", "--project-name", "ponix"]);
         assert_eq!(
             args[7..],
-            ["up", "--build", "--detach", "--wait", "--wait-timeout", "300"]
+            [
+                "up",
+                "--build",
+                "--detach",
+                "--wait",
+                "--wait-timeout",
+                "300"
+            ]
         );
     }
 
     #[test]
     fn several_files_each_get_a_file_flag() {
         let mut backend = ComposeBackend::e2e(&layout());
-        backend.files.push("/project/docker/compose.override.yaml".into());
+        backend
+            .files
+            .push("/project/docker/compose.override.yaml".into());
         let args = strings(backend.ps_args());
         assert_eq!(
             args.iter().filter(|arg| *arg == "--file").count(),
@@ -415,7 +434,8 @@ mod tests {
     fn projects_are_named_as_in_the_compose_file() {
         let text = fs::read_to_string(Layout::workspace().root.join(COMPOSE_FILE)).unwrap();
         assert!(
-            text.lines().any(|line| line == format!("name: {DEV_PROJECT}")),
+            text.lines()
+                .any(|line| line == format!("name: {DEV_PROJECT}")),
             "compose.yaml must declare `name: {DEV_PROJECT}`"
         );
         assert_ne!(DEV_PROJECT, E2E_PROJECT);
@@ -449,7 +469,10 @@ mod tests {
         let settings = load_settings(&layout.root).unwrap();
         assert_eq!(vars["PONIX_NATS_URL"], NATS_URL);
         assert_eq!(vars["PONIX_CLICKHOUSE_URL"], CLICKHOUSE_URL);
-        assert_eq!(vars["PONIX_CLICKHOUSE_USERNAME"], settings["CLICKHOUSE_USER"]);
+        assert_eq!(
+            vars["PONIX_CLICKHOUSE_USERNAME"],
+            settings["CLICKHOUSE_USER"]
+        );
         assert_eq!(
             vars["PONIX_CLICKHOUSE_PASSWORD"],
             settings["CLICKHOUSE_PASSWORD"]
@@ -476,6 +499,10 @@ mod tests {
         ));
         assert!(!run_with_timeout("false", &[], Duration::from_secs(5)));
         assert!(run_with_timeout("true", &[], Duration::from_secs(5)));
-        assert!(!run_with_timeout("sleep", &["5"], Duration::from_millis(200)));
+        assert!(!run_with_timeout(
+            "sleep",
+            &["5"],
+            Duration::from_millis(200)
+        ));
     }
 }

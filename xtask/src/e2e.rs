@@ -45,10 +45,18 @@ impl flags::E2e {
         });
         steps.run("workspace tests", || workspace_tests(&layout, test_env()));
         steps.run("struct-json round-trips", || {
-            cargo_tests(&layout, test_env(), &["-p", "ponix-writer", "--test", "roundtrip"])
+            cargo_tests(
+                &layout,
+                test_env(),
+                &["-p", "ponix-writer", "--test", "roundtrip"],
+            )
         });
         steps.run("pipeline", || {
-            cargo_tests(&layout, test_env(), &["-p", "ponix-writer", "--test", "pipeline"])
+            cargo_tests(
+                &layout,
+                test_env(),
+                &["-p", "ponix-writer", "--test", "pipeline"],
+            )
         });
 
         if steps.failed() {

@@ -20,11 +20,40 @@ xflags::xflags! {
             optional --clickhouse engine: String
         }
 
+        /// Run the pipeline locally: infrastructure, migrations, the writer and its demo producer.
+        cmd dev {
+            /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
+            optional --backend backend: String
+            /// ClickHouse engine for the local backend: `chdb` or `server`.
+            optional --clickhouse engine: String
+            /// Milliseconds between demo envelopes (default 200).
+            optional --interval-ms interval: u64
+            /// Exit successfully once this many rows are stored (a smoke test), instead of running until Ctrl-C.
+            optional --until-rows rows: u64
+        }
+
         /// Stop exactly the processes `up` started, and delete their data.
         cmd down {
             /// Keep the NATS store and ClickHouse data directories.
             optional --keep
         }
+
+        /// Build the writer's container image, check goose and the migrations inside it, print its size.
+        cmd image {
+            /// Repository name without a tag (default: ponix-writer), placed under --registry.
+            optional --name name: String
+            /// Registry and namespace for the tags, such as ghcr.io/acme (needed by --push).
+            optional --registry registry: String
+            /// Target platform(s): linux/amd64, linux/arm64, or both comma-separated (needs --push).
+            optional --platform platform: String
+            /// Push both tags to --registry after the checks pass.
+            optional --push
+            /// Print the tags and every command without running any (no Docker engine needed).
+            optional --dry-run
+        }
+
+        /// Lint the deploy files: workflows (actionlint), Dockerfile (hadolint), compose schema, pins.
+        cmd lint {}
     }
 }
 
@@ -46,7 +75,10 @@ pub enum XtaskCmd {
     Tools(Tools),
     Up(Up),
     E2e(E2e),
+    Dev(Dev),
     Down(Down),
+    Image(Image),
+    Lint(Lint),
 }
 
 #[derive(Debug)]
@@ -63,9 +95,29 @@ pub struct E2e {
 }
 
 #[derive(Debug)]
+pub struct Dev {
+    pub backend: Option<String>,
+    pub clickhouse: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub until_rows: Option<u64>,
+}
+
+#[derive(Debug)]
 pub struct Down {
     pub keep: bool,
 }
+
+#[derive(Debug)]
+pub struct Image {
+    pub name: Option<String>,
+    pub registry: Option<String>,
+    pub platform: Option<String>,
+    pub push: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug)]
+pub struct Lint;
 
 impl Xtask {
     #[allow(dead_code)]

@@ -44,7 +44,11 @@ impl flags::Image {
         }
         let name = image_name(self.registry.as_deref(), self.name.as_deref())?;
         let git = git_state(sh).context("reading the commit to tag the image with")?;
+        let platforms = parse_platforms(self.platform.as_deref())?;
         let builder = if compose::buildx_available() {
+            Builder::Buildx
+        } else if self.dry_run && platforms.len() > 1 {
+            eprintln!("[image] docker buildx is not installed here; the plan assumes it");
             Builder::Buildx
         } else {
             Builder::Docker
@@ -55,7 +59,7 @@ impl flags::Image {
             revision: git.revision,
             dirty: git.dirty,
             source: source_url(sh),
-            platforms: parse_platforms(self.platform.as_deref())?,
+            platforms,
             push: self.push,
             builder,
             build_args: pinned_build_args(&pins)?,
@@ -138,11 +142,7 @@ pub fn parse_platforms(flag: Option<&str>) -> anyhow::Result<Vec<String>> {
     let Some(flag) = flag else {
         return Ok(Vec::new());
     };
-    let platforms: Vec<String> = flag
-        .split(',')
-        .map(str::trim)
-        .map(str::to_owned)
-        .collect();
+    let platforms: Vec<String> = flag.split(',').map(str::trim).map(str::to_owned).collect();
     for platform in &platforms {
         if !matches!(platform.as_str(), "linux/amd64" | "linux/arm64") {
             bail!(
@@ -164,8 +164,7 @@ pub fn pinned_build_args(pins: &Pins) -> anyhow::Result<Vec<(String, String)>> {
 /// `[workspace.package] version` from the root Cargo.toml.
 pub fn workspace_version(layout: &Layout) -> anyhow::Result<String> {
     let path = layout.root.join("Cargo.toml");
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_workspace_version(&text).with_context(|| {
         format!(
             "{} has no `version = \"...\"` under [workspace.package]",
@@ -240,7 +239,10 @@ pub fn web_url(remote: &str) -> Option<String> {
     } else {
         return None;
     };
-    let authority = url["https://".len()..].split('/').next().unwrap_or_default();
+    let authority = url["https://".len()..]
+        .split('/')
+        .next()
+        .unwrap_or_default();
     (!authority.contains('@') && url.matches('/').count() >= 4).then_some(url)
 }
 
@@ -376,7 +378,10 @@ impl Plan {
             );
         }
         let commit_tag = if inputs.dirty {
-            format!("{}-dirty", &inputs.revision[..12.min(inputs.revision.len())])
+            format!(
+                "{}-dirty",
+                &inputs.revision[..12.min(inputs.revision.len())]
+            )
         } else {
             inputs.revision[..12.min(inputs.revision.len())].to_owned()
         };
@@ -458,7 +463,9 @@ impl Plan {
         } else {
             ""
         };
-        out.push_str(&format!("image plan{mode}\n  builder: {builder}\n  tags:\n"));
+        out.push_str(&format!(
+            "image plan{mode}\n  builder: {builder}\n  tags:\n"
+        ));
         for tag in &self.tags {
             out.push_str(&format!("    {tag}\n"));
         }
@@ -485,7 +492,10 @@ impl Plan {
     }
 
     fn execute(&self, sh: &Shell) -> anyhow::Result<()> {
-        eprintln!("[image] building {} (this takes minutes the first time) ...", self.tags[1]);
+        eprintln!(
+            "[image] building {} (this takes minutes the first time) ...",
+            self.tags[1]
+        );
         self.build.run(sh).context(
             "the image build failed; its output is above (BuildKit is required: install the \
              buildx plugin or use Docker 23+)",
@@ -506,7 +516,10 @@ impl Plan {
                 }
                 eprintln!("[image] ok{platform}: {}", check.what);
             }
-            let bytes = verification.size.read(sh).context("reading the image size")?;
+            let bytes = verification
+                .size
+                .read(sh)
+                .context("reading the image size")?;
             let bytes: u64 = bytes
                 .trim()
                 .parse()
@@ -521,7 +534,11 @@ impl Plan {
                 "pushing failed: log in to the registry first (`docker login <registry>`)",
             )?;
         }
-        let verb = if self.pushes { "built and pushed" } else { "built" };
+        let verb = if self.pushes {
+            "built and pushed"
+        } else {
+            "built"
+        };
         println!("{verb}:");
         for tag in &self.tags {
             println!("  {tag}");
@@ -749,7 +766,11 @@ mod tests {
         let [verification] = plan.verifications.as_slice() else {
             panic!("one platform, one verification");
         };
-        let commands: Vec<String> = verification.checks.iter().map(|c| line(&c.command)).collect();
+        let commands: Vec<String> = verification
+            .checks
+            .iter()
+            .map(|c| line(&c.command))
+            .collect();
         assert_eq!(
             commands,
             [
@@ -869,7 +890,13 @@ mod tests {
         assert!(satisfies("b.sql\na.sql\n", &lines).is_ok());
         assert!(satisfies("a.sql\n", &lines).is_err());
         assert!(satisfies("a.sql\nb.sql\nc.sql\n", &lines).is_err());
-        assert!(satisfies("ponix-writer 0.1.0\n", &Expect::Exactly("ponix-writer 0.1.0".into())).is_ok());
+        assert!(
+            satisfies(
+                "ponix-writer 0.1.0\n",
+                &Expect::Exactly("ponix-writer 0.1.0".into())
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -885,7 +912,10 @@ mod tests {
     fn workspace_version_is_read_from_the_manifest() {
         let manifest = "[workspace]\nmembers = []\n\n[workspace.package]\nedition = \"2024\"\nversion = \"1.2.3\"\n\n[profile.release]\nversion = \"x\"\n";
         assert_eq!(parse_workspace_version(manifest).unwrap(), "1.2.3");
-        assert_eq!(parse_workspace_version("[package]\nversion = \"1\"\n"), None);
+        assert_eq!(
+            parse_workspace_version("[package]\nversion = \"1\"\n"),
+            None
+        );
         assert!(
             workspace_version(&Layout::workspace())
                 .unwrap()

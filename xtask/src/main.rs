@@ -3,12 +3,17 @@
 //! `main` only parses flags, moves to the project root and dispatches: each command
 //! lives in its own module with `fn run(self, sh: &Shell) -> anyhow::Result<()>`.
 
+mod compose;
+mod dev;
 mod down;
 mod e2e;
 mod flags;
+mod image;
+mod lint;
 mod pins;
 mod steps;
 mod tools;
+mod tools_lint;
 mod up;
 
 use std::path::Path;
@@ -32,7 +37,10 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::Tools(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Up(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Down(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Dev(cmd) => cmd.run(&sh),
         flags::XtaskCmd::E2e(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Image(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Lint(cmd) => cmd.run(&sh),
     }
 }
 

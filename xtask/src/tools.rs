@@ -33,6 +33,8 @@ pub fn install_all(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
     install_goose(sh, layout, &pins).context("installing goose")?;
     install_nats_server(sh, layout, &pins).context("installing nats-server")?;
     install_python_env(sh, layout).context("installing the chDB endpoint's virtualenv")?;
+    crate::tools_lint::install_linters(sh, layout, &pins)
+        .context("installing the deploy-file linters")?;
     eprintln!("tools ready in {}", layout.tools_dir().display());
     Ok(())
 }

