@@ -255,7 +255,8 @@ impl Form {
     fn describe(self) -> String {
         match self {
             Form::NatsUrl => "a NATS server URL such as nats://127.0.0.1:4222 (comma-separated \
-                              for several; schemes nats, tls, ws, wss)"
+                              for several; schemes nats, tls, ws, wss; credentials as \
+                              nats://user:pass@host are kept out of logs)"
                 .into(),
             Form::HttpUrl => "an http:// or https:// URL of host and optional port, such as \
                               http://127.0.0.1:8123, without credentials, path or query"
@@ -1665,6 +1666,95 @@ mod tests {
         assert!(help.contains("\n      Default: 1000\n"));
         assert!(help.contains("\n      Default: twice PONIX_NATS_BATCH_SIZE\n"));
         assert!(help.contains("\n      Default: (empty)\n"));
+    }
+
+    #[test]
+    fn nats_urls_are_checked_as_the_client_parses_them() {
+        for bad in [
+            "nats://h:x",
+            "nats://h:99999",
+            "nats://",
+            "nats://a,",
+            "http://h:4222",
+            "nats://a, nats://b",
+        ] {
+            assert!(
+                error("PONIX_NATS_URL", bad).starts_with(&format!("PONIX_NATS_URL={bad:?}: ")),
+                "{bad}"
+            );
+        }
+        let c = load(&[(
+            "PONIX_NATS_URL",
+            "nats://a:1,tls://b,127.0.0.1:4222,wss://[::1]:443",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.nats.server_urls(),
+            ["nats://a:1", "tls://b", "127.0.0.1:4222", "wss://[::1]:443"]
+        );
+        for url in c.nats.server_urls() {
+            assert!(url.parse::<async_nats::ServerAddr>().is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn nats_credentials_are_accepted_but_never_shown() {
+        let c = load(&[("PONIX_NATS_URL", "nats://u:hunter2@a:4222,b,tls://tok3n@c/x")]).unwrap();
+        assert_eq!(c.nats.url, "nats://u:hunter2@a:4222,b,tls://tok3n@c/x");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("tok3n"), "{debug}");
+        assert!(
+            debug.contains(r#"url: "nats://***@a:4222,b,tls://***@c/x""#),
+            "{debug}"
+        );
+        let message = error("PONIX_NATS_URL", "nats://u:hunter2@a:x");
+        assert_eq!(
+            message,
+            format!("PONIX_NATS_URL (value hidden): expected {}", NATS_URL.expected())
+        );
+        assert_eq!(redact_credentials("u:p@h:1"), "***@h:1");
+        assert_eq!(redact_credentials("nats://h/a@b"), "nats://h/a@b");
+    }
+
+    #[test]
+    fn blank_text_and_paths_are_rejected() {
+        for var in [
+            "PONIX_CLICKHOUSE_USERNAME",
+            "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
+            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+        ] {
+            assert!(
+                error(var, " \t").starts_with(&format!("{var}=\" \\t\": expected ")),
+                "{var}"
+            );
+        }
+        assert_eq!(
+            error("PONIX_CLICKHOUSE_GOOSE_DSN", "  "),
+            "PONIX_CLICKHOUSE_GOOSE_DSN (value hidden): expected any text that is not blank"
+        );
+        // Whitespace inside is someone's choice; a blank password is a valid password.
+        assert!(
+            load(&[
+                ("PONIX_CLICKHOUSE_USERNAME", "a b"),
+                ("PONIX_CLICKHOUSE_PASSWORD", " ")
+            ])
+            .is_ok()
+        );
+    }
+
+    /// The README's configuration table is generated from [`VARIABLES`]; this catches a
+    /// variable added here but not there.
+    #[test]
+    fn readme_lists_every_variable() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let missing: Vec<&str> = VARIABLES
+            .iter()
+            .map(|var| var.name)
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(missing.is_empty(), "README.md does not list {missing:?}");
     }
 
     #[test]

@@ -5,9 +5,6 @@
 //! machines this project is developed on have no Docker engine: this path has to be
 //! correct by construction. `cargo xtask lint` validates the compose file itself.
 
-// The backend API for `e2e`/`dev --backend compose`; parts are unused until they are wired.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -112,11 +109,6 @@ impl ComposeBackend {
     /// Removes the containers, the network and the named volumes (the data).
     pub fn down_args(&self) -> Vec<OsString> {
         self.with(&["down", "--volumes", "--remove-orphans"])
-    }
-
-    /// Removes the containers and the network, keeping the data volumes.
-    pub fn down_keep_data_args(&self) -> Vec<OsString> {
-        self.with(&["down", "--remove-orphans"])
     }
 
     /// Every service's log, for a failure report.
@@ -377,10 +369,6 @@ mod tests {
         assert_eq!(
             strings(backend.down_args()),
             expect(&["down", "--volumes", "--remove-orphans"])
-        );
-        assert_eq!(
-            strings(backend.down_keep_data_args()),
-            expect(&["down", "--remove-orphans"])
         );
     }
 

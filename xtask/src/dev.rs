@@ -79,7 +79,8 @@ impl flags::Dev {
         let binary = layout.root.join("target/debug/ponix-writer");
         let http_port = free_port()?;
         let log_path = layout.logs_dir().join("writer.log");
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
 
         let mut command = Command::new(&binary);
@@ -102,25 +103,45 @@ impl flags::Dev {
             endpoints.clickhouse_url(),
             layout.logs_dir().display(),
         );
-        watch_rows(endpoints.clickhouse_port, http_port, &log_path, self.until_rows, writer)
+        let clickhouse = RowCounter {
+            port: endpoints.clickhouse_port,
+            credentials: None,
+        };
+        watch_rows(&clickhouse, http_port, &log_path, self.until_rows, writer)
     }
 
     fn run_compose(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
         let stack = ComposeBackend::dev(layout);
         let up = stack.up_stack_args();
         eprintln!("starting the compose stack (nats, clickhouse, writer) ...");
-        let started = cmd!(sh, "docker {up...}").run().context("`docker compose up` failed");
+        let started = cmd!(sh, "docker {up...}")
+            .run()
+            .context("`docker compose up` failed");
         let result = started.and_then(|()| {
             println!(
-                "\n  NATS         {}\n  ClickHouse   {}\n  writer       {}/healthz\n\
+                "\n  NATS         {} (monitoring {})\n  ClickHouse   {}\n  writer       {}/healthz\n\
                  \nPress Ctrl-C to stop and tear everything down.\n",
                 compose::NATS_URL,
+                compose::NATS_MONITOR_URL,
                 compose::CLICKHOUSE_URL,
                 compose::WRITER_URL
             );
+            let settings = compose::load_settings(&layout.root)?;
+            let clickhouse = RowCounter {
+                port: port_of(compose::CLICKHOUSE_URL)?,
+                credentials: Some((
+                    settings
+                        .get("PONIX_CLICKHOUSE_USERNAME")
+                        .cloned()
+                        .unwrap_or_default(),
+                    settings
+                        .get("PONIX_CLICKHOUSE_PASSWORD")
+                        .cloned()
+                        .unwrap_or_default(),
+                )),
+            };
             let writer_port = port_of(compose::WRITER_URL)?;
-            let clickhouse_port = port_of(compose::CLICKHOUSE_URL)?;
-            watch_rows_until_interrupted(clickhouse_port, writer_port, self.until_rows, || Ok(()))
+            watch_rows_until_interrupted(&clickhouse, writer_port, self.until_rows, || Ok(()))
         });
         if result.is_err() {
             let _ = stack.save_logs(sh, layout);
@@ -142,7 +163,7 @@ impl Drop for WriterChild {
 }
 
 fn watch_rows(
-    clickhouse_port: u16,
+    clickhouse: &RowCounter,
     writer_port: u16,
     log_path: &std::path::Path,
     until_rows: Option<u64>,
@@ -150,7 +171,10 @@ fn watch_rows(
 ) -> anyhow::Result<()> {
     wait_until("ponix-writer /readyz", Duration::from_secs(120), || {
         if let Some(status) = writer.0.try_wait()? {
-            bail!("ponix-writer exited with {status}:\n{}", log_tail(log_path, 30));
+            bail!(
+                "ponix-writer exited with {status}:\n{}",
+                log_tail(log_path, 30)
+            );
         }
         let ready = http_get(writer_port, "/readyz")?;
         if ready.status != 200 {
@@ -160,11 +184,15 @@ fn watch_rows(
     })?;
     eprintln!("writer ready: migrations applied, consuming");
 
-    let result = watch_rows_until_interrupted(clickhouse_port, writer_port, until_rows, || {
-        match writer.0.try_wait()? {
-            Some(status) => bail!("ponix-writer exited with {status}:\n{}", log_tail(log_path, 30)),
-            None => Ok(()),
-        }
+    let result = watch_rows_until_interrupted(clickhouse, writer_port, until_rows, || match writer
+        .0
+        .try_wait()?
+    {
+        Some(status) => bail!(
+            "ponix-writer exited with {status}:\n{}",
+            log_tail(log_path, 30)
+        ),
+        None => Ok(()),
     });
 
     // SIGTERM: the writer finishes its in-flight batch and exits.
@@ -184,7 +212,7 @@ fn watch_rows(
 /// Prints the stored-row count every few seconds until Ctrl-C, or until
 /// `until_rows` rows are stored.
 fn watch_rows_until_interrupted(
-    clickhouse_port: u16,
+    clickhouse: &RowCounter,
     writer_port: u16,
     until_rows: Option<u64>,
     mut check_writer: impl FnMut() -> anyhow::Result<()>,
@@ -195,8 +223,10 @@ fn watch_rows_until_interrupted(
     while !localenv::interrupt::interrupted() {
         check_writer()?;
         if Instant::now() >= next_report {
-            let rows = stored_rows(clickhouse_port)?;
-            let ready = http_get(writer_port, "/readyz").map(|r| r.status == 200).unwrap_or(false);
+            let rows = clickhouse.stored_rows()?;
+            let ready = http_get(writer_port, "/readyz")
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
             println!(
                 "[{:>5.0}s] rows stored: {rows} (+{} since the last line){}",
                 started.elapsed().as_secs_f64(),
@@ -222,21 +252,53 @@ fn watch_rows_until_interrupted(
     Ok(())
 }
 
-fn stored_rows(clickhouse_port: u16) -> anyhow::Result<u64> {
-    let response = http_post(
-        clickhouse_port,
-        "/?database=ponix",
-        "SELECT count() FROM processed_envelopes",
-    )
-    .context("counting the stored rows")?;
-    if response.status != 200 {
-        bail!("counting the stored rows: {}", response.body.trim());
+/// Counts the stored rows over ClickHouse's HTTP interface.
+struct RowCounter {
+    port: u16,
+    /// The compose stack's ClickHouse has a user of its own; the local one is open.
+    credentials: Option<(String, String)>,
+}
+
+impl RowCounter {
+    fn stored_rows(&self) -> anyhow::Result<u64> {
+        let mut path = "/?database=ponix".to_owned();
+        if let Some((user, password)) = &self.credentials {
+            path.push_str(&format!(
+                "&user={}&password={}",
+                url_encode(user),
+                url_encode(password)
+            ));
+        }
+        let response = http_post(self.port, &path, "SELECT count() FROM processed_envelopes")
+            .context("counting the stored rows")?;
+        if response.status != 200 {
+            bail!("counting the stored rows: {}", response.body.trim());
+        }
+        response
+            .body
+            .trim()
+            .parse()
+            .context("parsing the row count")
     }
-    response.body.trim().parse().context("parsing the row count")
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 fn port_of(url: &str) -> anyhow::Result<u16> {
-    url.rsplit(':').next().and_then(|port| port.parse().ok()).with_context(|| format!("no port in {url}"))
+    url.rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .with_context(|| format!("no port in {url}"))
 }
 
 #[cfg(test)]
@@ -248,6 +310,12 @@ mod tests {
         assert_eq!(Backend::choose(Some("local")).unwrap(), Backend::Local);
         assert_eq!(Backend::choose(Some("compose")).unwrap(), Backend::Compose);
         assert!(Backend::choose(Some("kubernetes")).is_err());
+    }
+
+    #[test]
+    fn credentials_are_url_encoded() {
+        assert_eq!(url_encode("ponix-dev_password.~"), "ponix-dev_password.~");
+        assert_eq!(url_encode("p@ss word&x"), "p%40ss%20word%26x");
     }
 
     #[test]

@@ -8,7 +8,10 @@ use localenv::Layout;
 use localenv::local::{self, Engine, Running};
 use xshell::Shell;
 
+use crate::compose::{self, ComposeBackend};
+use crate::dev::Backend;
 use crate::flags;
+use crate::lint;
 use crate::steps::{Steps, libtest_totals, run_teed};
 use crate::tools;
 
@@ -17,58 +20,148 @@ impl flags::E2e {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
         let mut steps = Steps::new("e2e");
-        let mut environment: Option<Running> = None;
+        let mut infra: Option<Infra> = None;
 
         steps.run("tools", || {
             tools::install_all(sh, &layout)?;
-            Ok("goose, nats-server, chDB venv".into())
+            Ok("goose, nats-server, chDB venv, linters".into())
+        });
+        steps.run("deploy-file lint", || lint::run_checks(sh, &layout));
+        steps.run("image plan (dry run)", || {
+            let plan = flags::Image {
+                name: None,
+                registry: None,
+                platform: None,
+                push: false,
+                dry_run: true,
+            };
+            plan.run(sh)?;
+            Ok("tags and commands printed above".into())
         });
         steps.run("infrastructure up", || {
-            let running =
-                Running::start(&layout, Engine::parse(self.clickhouse.as_deref())?, false)?;
-            let figure = format!(
-                "{} {}",
-                running.endpoints.nats_url(),
-                running.endpoints.clickhouse_url()
-            );
-            environment = Some(running);
+            let started = Infra::start(sh, &layout, &self)?;
+            let figure = started.describe();
+            infra = Some(started);
             Ok(figure)
         });
         steps.run("chDB endpoint tests", || chdb_endpoint_tests(&layout));
-        let test_env = || environment.as_ref().expect("the environment is up");
-        steps.run("migrations", || {
-            cargo_tests(
-                &layout,
-                test_env(),
-                &["-p", "ponix-writer", "--test", "migrations"],
-            )
-        });
-        steps.run("workspace tests", || workspace_tests(&layout, test_env()));
-        steps.run("struct-json round-trips", || {
-            cargo_tests(
-                &layout,
-                test_env(),
-                &["-p", "ponix-writer", "--test", "roundtrip"],
-            )
-        });
-        steps.run("pipeline", || {
-            cargo_tests(
-                &layout,
-                test_env(),
-                &["-p", "ponix-writer", "--test", "pipeline"],
-            )
-        });
+        let env = || {
+            infra
+                .as_ref()
+                .expect("the infrastructure is up")
+                .env_vars(&layout)
+        };
+        let package_test =
+            |target: &str| cargo_tests(&layout, &env()?, &["-p", "ponix-writer", "--test", target]);
+        steps.run("migrations", || package_test("migrations"));
+        steps.run("workspace tests", || workspace_tests(&layout, &env()?));
+        steps.run("struct-json round-trips", || package_test("roundtrip"));
+        steps.run("pipeline", || package_test("pipeline"));
 
-        if steps.failed() {
-            local::dump_logs(&layout);
-        }
-        if let Some(mut running) = environment.take() {
-            steps.run_always("teardown", || {
-                let stopped = running.teardown()?;
-                Ok(format!("stopped {}", stopped.join(", ")))
-            });
+        if let Some(mut infra) = infra.take() {
+            if steps.failed() {
+                infra.dump_logs(sh, &layout);
+            }
+            steps.run_always("teardown", || infra.teardown(sh));
         }
         steps.finish()
+    }
+}
+
+/// The infrastructure e2e runs against: local processes, or a compose project.
+enum Infra {
+    Local(Running),
+    Compose {
+        backend: ComposeBackend,
+        torn_down: bool,
+    },
+}
+
+impl Infra {
+    fn start(sh: &Shell, layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
+        match Backend::choose(flags.backend.as_deref())? {
+            Backend::Local => {
+                let engine = Engine::parse(flags.clickhouse.as_deref())?;
+                Ok(Infra::Local(Running::start(layout, engine, false)?))
+            }
+            Backend::Compose => {
+                let backend = ComposeBackend::e2e(layout);
+                // Built before `up`, so that a failed start is torn down too.
+                let mut infra = Infra::Compose {
+                    backend: backend.clone(),
+                    torn_down: false,
+                };
+                if let Err(err) = backend.up(sh, compose::INFRA_SERVICES) {
+                    infra.dump_logs(sh, layout);
+                    let _ = infra.teardown(sh);
+                    return Err(err);
+                }
+                Ok(infra)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Infra::Local(running) => format!(
+                "local: {} {}",
+                running.endpoints.nats_url(),
+                running.endpoints.clickhouse_url()
+            ),
+            Infra::Compose { backend, .. } => {
+                format!(
+                    "compose project {}: {} {}",
+                    backend.project,
+                    compose::NATS_URL,
+                    compose::CLICKHOUSE_URL
+                )
+            }
+        }
+    }
+
+    fn env_vars(&self, layout: &Layout) -> anyhow::Result<Vec<(&'static str, String)>> {
+        match self {
+            Infra::Local(running) => Ok(running.endpoints.env_vars(layout)),
+            Infra::Compose { backend, .. } => backend.env_vars(layout),
+        }
+    }
+
+    fn dump_logs(&self, sh: &Shell, layout: &Layout) {
+        if let Infra::Compose { backend, .. } = self
+            && let Err(err) = backend.save_logs(sh, layout)
+        {
+            eprintln!("collecting the compose logs failed: {err:#}");
+        }
+        // Writers started by the tests log under .tools/logs with either backend.
+        local::dump_logs(layout);
+    }
+
+    fn teardown(&mut self, sh: &Shell) -> anyhow::Result<String> {
+        match self {
+            Infra::Local(running) => Ok(format!("stopped {}", running.teardown()?.join(", "))),
+            Infra::Compose { backend, torn_down } => {
+                *torn_down = true;
+                backend.down(sh)?;
+                Ok(format!(
+                    "compose project {} removed with its volumes",
+                    backend.project
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        // Local teardown is `Running`'s own drop guard; compose needs a shell.
+        if let Infra::Compose {
+            backend,
+            torn_down: false,
+        } = self
+            && let Ok(sh) = Shell::new()
+        {
+            let _ = backend.down(&sh);
+        }
     }
 }
 
@@ -94,7 +187,7 @@ const STEP_TARGETS: &[&str] = &["migrations", "pipeline", "roundtrip"];
 
 /// Unit, property, doc and integration tests of every crate, except the
 /// targets that are steps of their own.
-fn workspace_tests(layout: &Layout, running: &Running) -> anyhow::Result<String> {
+fn workspace_tests(layout: &Layout, env: &[(&'static str, String)]) -> anyhow::Result<String> {
     let mut args = vec![
         "--workspace".to_owned(),
         "--lib".to_owned(),
@@ -106,8 +199,8 @@ fn workspace_tests(layout: &Layout, running: &Running) -> anyhow::Result<String>
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tests = cargo_tests(layout, running, &args)?;
-    let docs = cargo_tests(layout, running, &["--workspace", "--doc"])?;
+    let tests = cargo_tests(layout, env, &args)?;
+    let docs = cargo_tests(layout, env, &["--workspace", "--doc"])?;
     Ok(format!("{tests}; doc tests: {docs}"))
 }
 
@@ -133,15 +226,17 @@ fn integration_test_targets(layout: &Layout) -> anyhow::Result<Vec<String>> {
 
 /// `cargo test ARGS` with the endpoints in the environment, nothing allowed to
 /// be skipped, and snapshots checked but never written.
-fn cargo_tests(layout: &Layout, running: &Running, args: &[&str]) -> anyhow::Result<String> {
+fn cargo_tests(
+    layout: &Layout,
+    env: &[(&'static str, String)],
+    args: &[&str],
+) -> anyhow::Result<String> {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .current_dir(&layout.root)
         .args(["test", "--locked"])
         .args(args);
-    for (key, value) in running.endpoints.env_vars(layout) {
-        cargo.env(key, value);
-    }
+    cargo.envs(env.iter().map(|(key, value)| (*key, value)));
     cargo
         .env(testkit_require_var(), "1")
         .env("INSTA_UPDATE", "no");

@@ -16,6 +16,8 @@ xflags::xflags! {
 
         /// Run every check end to end against real NATS and ClickHouse (the README's test command).
         cmd e2e {
+            /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
+            optional --backend backend: String
             /// ClickHouse engine for the local backend: `chdb` or `server`.
             optional --clickhouse engine: String
         }
@@ -91,6 +93,7 @@ pub struct Up {
 
 #[derive(Debug)]
 pub struct E2e {
+    pub backend: Option<String>,
     pub clickhouse: Option<String>,
 }
 
