@@ -206,7 +206,7 @@ async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> a
             // A wrong password or database will not fix itself: fail now, not at the
             // deadline, and say why.
             Err(error) if error.is_permanent() => Err(anyhow::Error::from(error).context(format!(
-                "ClickHouse at {} refused the connection",
+                "ClickHouse at {} rejected the connection settings (user, password, database)",
                 config.clickhouse.url
             ))),
             other => other.map_err(anyhow::Error::from),
@@ -233,9 +233,12 @@ where
             Err(_) => anyhow::anyhow!("no answer before the start-up deadline"),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || is_final(&error) {
+        if is_final(&error) {
+            return Err(error.context(format!("{what} failed")));
+        }
+        if remaining.is_zero() {
             return Err(error.context(format!(
-                "{what} failed after {attempts} attempt(s) (start-up timeout: PONIX_STARTUP_TIMEOUT_SECS)"
+                "{what} failed {attempts} time(s) within the start-up timeout (PONIX_STARTUP_TIMEOUT_SECS)"
             )));
         }
         tracing::info!(error = format!("{error:#}"), retry_in = ?pause, "{what}: not yet");

@@ -96,7 +96,7 @@ impl flags::Dev {
         let endpoints = &environment.endpoints;
         println!(
             "\nponix-writer is running with its demo producer (one envelope every {interval} ms).\n\
-             \n  NATS         {}\n  ClickHouse   {}/play  (database ponix, table processed_envelopes)\n  \
+             \n  NATS         {}\n  ClickHouse   {}  (database ponix, table processed_envelopes)\n  \
              writer       http://127.0.0.1:{http_port}/healthz  /readyz  /metrics\n  logs         {}\n\
              \nPress Ctrl-C to stop and tear everything down.\n",
             endpoints.nats_url(),
