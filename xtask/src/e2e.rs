@@ -51,8 +51,10 @@ impl flags::E2e {
                 .expect("the infrastructure is up")
                 .env_vars(&layout)
         };
-        let package_test =
-            |target: &str| cargo_tests(&layout, &env()?, &["-p", "ponix-writer", "--test", target]);
+        let package_test = |target: &str| {
+            let totals = cargo_tests(&layout, &env()?, &["-p", "ponix-writer", "--test", target])?;
+            Ok(totals.require_some()?.to_string())
+        };
         steps.run("migrations", || package_test("migrations"));
         steps.run("workspace tests", || workspace_tests(&layout, &env()?));
         steps.run("struct-json round-trips", || package_test("roundtrip"));
@@ -201,7 +203,7 @@ fn workspace_tests(layout: &Layout, env: &[(&'static str, String)]) -> anyhow::R
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let tests = cargo_tests(layout, env, &args)?;
     let docs = cargo_tests(layout, env, &["--workspace", "--doc"])?;
-    Ok(format!("{tests}; doc tests: {docs}"))
+    Ok(format!("{}; doc tests: {}", tests.require_some()?, docs))
 }
 
 /// The names of `tests/*.rs` and `tests/*/main.rs` targets in the workspace's crates.
@@ -230,7 +232,7 @@ fn cargo_tests(
     layout: &Layout,
     env: &[(&'static str, String)],
     args: &[&str],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Totals> {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .current_dir(&layout.root)
@@ -245,10 +247,29 @@ fn cargo_tests(
     if ignored > 0 {
         bail!("{ignored} test(s) were ignored; under e2e every test must run");
     }
-    if passed == 0 {
-        bail!("no test ran");
+    Ok(Totals { passed, failed })
+}
+
+/// What a `cargo test` run reported.
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    /// A step whose tests all vanished (a renamed target, a filter typo) must not pass.
+    fn require_some(self) -> anyhow::Result<Self> {
+        if self.passed == 0 {
+            bail!("no test ran");
+        }
+        Ok(self)
     }
-    Ok(format!("{passed} passed, {failed} failed"))
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
+    }
 }
 
 /// Mirrors `testkit::endpoints::REQUIRE_INFRA_VAR` (xtask does not link testkit).

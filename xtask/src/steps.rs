@@ -52,9 +52,9 @@ impl Steps {
         let result = body();
         let duration = started.elapsed();
         let (outcome, figure) = match result {
-            Ok(figure) => (Outcome::Passed, figure),
+            Ok(figure) => (Outcome::Passed, first_line(&figure)),
             Err(err) => {
-                eprintln!("\n{name} FAILED: {err:?}");
+                eprintln!("\n{name} FAILED: {err:#}");
                 self.failed = true;
                 (Outcome::Failed, first_line(&format!("{err:#}")))
             }
