@@ -12,8 +12,10 @@ they work unchanged:
 * ``GET /ping`` and ``GET /`` answer ``Ok.``; ``GET /?query=`` runs read-only
   queries (``readonly=2``, as ClickHouse does for GET).
 * ``POST`` with the SQL in the body, or in the ``query`` URL parameter with the
-  body appended to it. ``INSERT ... FORMAT <fmt>`` / ``VALUES`` data is
-  streamed into the engine in any input format it supports.
+  body appended to it. ``INSERT ... FORMAT <fmt>`` / ``VALUES`` data, in any
+  input format the engine supports, is streamed to a spool file and inserted
+  with ``INSERT ... FROM INFILE`` (see `run_insert` for why not chDB's
+  streaming insert).
 * ``multipart/form-data`` bodies (fields ``query`` and ``param_<name>``) and
   ``param_<name>`` URL parameters give server-side query parameters.
 * ``database``, ``default_format``, ``query_id``, credentials (URL parameters,
@@ -48,9 +50,11 @@ import os
 import re
 import resource
 import signal
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -73,9 +77,11 @@ DEFAULT_FORMAT = "TabSeparated"
 SOCKET_TIMEOUT_SECONDS = 30
 # How long a SIGTERM waits for requests that are still running.
 SHUTDOWN_GRACE_SECONDS = 30
-# Body data is handed to the engine in pieces of about this size: large enough
-# to keep per-call overhead low, small enough to stream big inserts.
-INSERT_CHUNK_BYTES = 1 << 20
+# An INSERT's data is written to its spool file through a buffer of this size.
+SPOOL_BUFFER_BYTES = 1 << 20
+# The spool directory is named in FROM INFILE, where the engine expands these
+# as globs ('{x}' matching no file inserts nothing, successfully).
+GLOB_CHARACTERS = "*?{}"
 # ClickHouse's default max_query_size: the statement before an INSERT's data
 # must fit in it.
 MAX_QUERY_SIZE = 256 * 1024
@@ -96,6 +102,8 @@ class Code(enum.IntEnum):
     NOT_IMPLEMENTED = 48
     SYNTAX_ERROR = 62
     UNKNOWN_FORMAT = 73
+    CANNOT_WRITE_TO_FILE_DESCRIPTOR = 75
+    CANNOT_OPEN_FILE = 76
     UNKNOWN_TYPE_OF_QUERY = 78
     UNKNOWN_COMPRESSION_METHOD = 89
     UNKNOWN_SETTING = 115
@@ -116,8 +124,8 @@ class ClickHouseError(Exception):
         self.message = message
 
 
-# Matches the start of a ClickHouse exception text.
-_EXCEPTION_START = re.compile(r"Code: (\d+)\. DB::Exception: ")
+# Matches the start of a ClickHouse exception text (DB::Exception, DB::ErrnoException...).
+_EXCEPTION_START = re.compile(r"Code: (\d+)\. DB::[A-Za-z]*Exception: ")
 # The "(ERROR_NAME)" and "(version ...)" groups ClickHouse appends to a message;
 # chDB sometimes appends them several times when the engine rethrows.
 _EXCEPTION_TRAILER = re.compile(r"(?:\.?\s*\((?:[A-Z][A-Z0-9_]*|version [^()]*(?:\([^()]*\))?)\))+\s*$")
@@ -287,6 +295,14 @@ class InsertWithData:
     statement: str  # the INSERT without its FORMAT/VALUES clause
     input_format: str
     data_offset: int  # where the data starts, in bytes
+    target: str = ""  # the statement up to its SETTINGS clause
+    settings: str = ""  # the statement's SETTINGS clause, if any
+
+    def from_file(self, path: str) -> str:
+        """The INSERT reading its data from `path`. ClickHouse's grammar puts
+        FROM INFILE before SETTINGS; line breaks end any `--` comment."""
+        infile = f"FROM INFILE {quote_string(path)} COMPRESSION 'none'"
+        return f"{self.target}\n{infile}\n{self.settings}\nFORMAT {self.input_format}"
 
 
 def find_insert_data(sql: bytes) -> InsertWithData | None:
@@ -301,20 +317,33 @@ def find_insert_data(sql: bytes) -> InsertWithData | None:
     first = next(stream, None)
     if first is None or not first.is_word("INSERT"):
         return None
-    previous = first
+    previous, settings_start = first, None
+
+    def split(clause: Token, input_format: str, data_offset: int) -> InsertWithData:
+        target_end = clause.start if settings_start is None else settings_start
+        return InsertWithData(
+            statement=_utf8(sql[: clause.start]).strip(),
+            input_format=input_format,
+            data_offset=data_offset,
+            target=_utf8(sql[:target_end]).strip(),
+            settings=_utf8(sql[target_end : clause.start]).strip(),
+        )
+
     for token in stream:
         if token.depth == 0 and token.kind == "word" and not _names_follow(previous):
             keyword = token.text.upper()
             if keyword in ("SELECT", "WITH", "INFILE"):
                 return None
+            if keyword == "SETTINGS" and settings_start is None:
+                settings_start = token.start
             if keyword == "VALUES":
                 # The Values format skips the whitespace before the first row itself.
-                return InsertWithData(_utf8(sql[: token.start]).strip(), "Values", token.end)
+                return split(token, "Values", token.end)
             if keyword == "FORMAT":
                 name = next(stream, None)
                 if name is None or name.kind != "word":
                     return None
-                return InsertWithData(_utf8(sql[: token.start]).strip(), name.text, _data_start(text, name.end))
+                return split(token, name.text, _data_start(text, name.end))
         previous = token
     return None
 
@@ -723,6 +752,16 @@ class RequestBody:
         return line
 
 
+def _read_at_least(chunks: Iterator[bytes], size: int) -> bytes:
+    """The first `size` bytes of `chunks` or more (whole pieces), or all there is."""
+    head = bytearray()
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+    return bytes(head)
+
+
 def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str]]:
     """The fields of a multipart/form-data body, byte-exact."""
     header = email.parser.HeaderParser(policy=email.policy.HTTP).parsestr(f"Content-Type: {content_type}\r\n\r\n")
@@ -865,11 +904,24 @@ def _summary(*, elapsed: float, **counts: int) -> dict[str, int]:
     return summary | {"elapsed_ns": int(elapsed * 1e9), "memory_usage": 0}
 
 
+# Settings every connection starts with, where chDB's defaults (those of
+# clickhouse-local) differ from ClickHouse server's in a way that matters here.
+ENGINE_SETTINGS = (
+    # chDB maps files it reads (mmap), so an insert's spool file counted in full
+    # towards the process's memory (RSS): +750 MB for a 550 MB insert. The
+    # server reads with pread, through a buffer.
+    ("storage_file_read_method", "pread"),
+)
+
+
 class Engine:
     """The embedded ClickHouse engine over one data directory."""
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
+        # INSERT data waits here for the engine: private (mode 0700), and on the
+        # disk the data is headed for anyway.
+        self.spool_dir = tempfile.mkdtemp(prefix=".chdb-server-spool-", dir=data_dir)
         # The first connection boots the engine; holding it keeps the engine up
         # between requests instead of restarting it for each one.
         self._primary = chdb.connect(data_dir)
@@ -885,6 +937,31 @@ class Engine:
 
     def close(self) -> None:
         self._primary.close()
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+
+    @contextmanager
+    def spooled(self, data: Iterable[bytes]) -> Iterator[str]:
+        """Write `data` to a new file in the spool directory; yields its path and
+        deletes the file afterwards, whatever happens."""
+        try:
+            descriptor, path = tempfile.mkstemp(prefix="insert-", dir=self.spool_dir)
+        except OSError as exc:
+            raise ClickHouseError(Code.CANNOT_OPEN_FILE, f"Cannot create a spool file for the insert: {exc}.") from None
+        try:
+            with open(descriptor, "wb", buffering=SPOOL_BUFFER_BYTES) as spool:
+                for chunk in data:
+                    try:
+                        spool.write(chunk)
+                    except OSError as exc:
+                        raise ClickHouseError(
+                            Code.CANNOT_WRITE_TO_FILE_DESCRIPTOR, f"Cannot write the insert's spool file: {exc}."
+                        ) from None
+            yield path
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                log.warning("cannot delete spool file %s", path, exc_info=True)
 
     def error_name(self, code: int) -> str:
         return self._error_names.get(code, "UNKNOWN_EXCEPTION")
@@ -900,10 +977,8 @@ class Engine:
             try:
                 if options.database != "default":
                     connection.query(f"USE {quote_identifier(options.database)}")
-                if options.settings:
-                    connection.query(
-                        "SET " + ", ".join(f"{name} = {quote_string(value)}" for name, value in options.settings)
-                    )
+                settings = [*ENGINE_SETTINGS, *options.settings]  # the request's own come last and win
+                connection.query("SET " + ", ".join(f"{name} = {quote_string(value)}" for name, value in settings))
                 if options.readonly != "0":
                     connection.query(f"SET readonly = {quote_string(options.readonly)}")
             except RuntimeError as exc:
@@ -922,42 +997,27 @@ def run_query(connection, sql: str, default_format: str, params: dict[str, str])
         raise error_from_engine(exc) from None
 
 
-def run_insert(connection, insert: InsertWithData, data: Iterable[bytes]) -> dict[str, int]:
-    """Stream `data` into the INSERT; an error anywhere aborts it (nothing is committed
-    unless the engine already flushed a full block, as with ClickHouse)."""
-    try:
-        inserter = connection.send_insert(insert.statement, insert.input_format)
-    except RuntimeError as exc:
-        raise error_from_engine(exc) from None
-    try:
-        for chunk in _coalesce(data):
-            inserter.append(chunk)
-        result = inserter.finish()
-    except RuntimeError as exc:
-        _cancel(inserter)
-        raise error_from_engine(exc) from None
-    except BaseException:
-        _cancel(inserter)
-        raise
-    return _summary(written_rows=result.rows_written, written_bytes=result.bytes_written, elapsed=result.elapsed)
+def run_insert(
+    engine: Engine, connection, insert: InsertWithData, data: Iterable[bytes], params: dict[str, str]
+) -> dict[str, int]:
+    """Run the INSERT with `data` as its data; it either commits or raises.
 
-
-def _cancel(inserter) -> None:
-    try:
-        inserter.cancel()
-    except RuntimeError:
-        log.debug("cancelling an insert failed", exc_info=True)
-
-
-def _coalesce(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    buffer = bytearray()
-    for chunk in chunks:
-        buffer += chunk
-        if len(buffer) >= INSERT_CHUNK_BYTES:
-            yield bytes(buffer)
-            buffer.clear()
-    if buffer:
-        yield bytes(buffer)
+    The data goes to a spool file first, and the engine reads it with
+    `INSERT ... FROM INFILE`, which reports every failure. chDB's streaming
+    insert (send_insert/append/finish) does not: an exception in the table's
+    sink is lost, and finish() reports the rows as written although nothing was
+    committed (seen with EMFILE while writing a wide JSON part, with a CHECK
+    constraint and with a materialized view that throws). Spooling also means a
+    body that breaks off (truncated, corrupt block, timeout) inserts nothing.
+    """
+    with engine.spooled(data) as path:
+        try:
+            result = connection.query(insert.from_file(path), DEFAULT_FORMAT, params=params)
+        except RuntimeError as exc:
+            error = error_from_engine(exc)
+            error.message = error.message.replace(f"(in file/uri {path})", "(in the request body)")
+            raise error from None
+    return query_summary(result)
 
 
 # --------------------------------------------------------------------------
@@ -1144,25 +1204,27 @@ class RequestHandler(BaseHTTPRequestHandler):
         if body is not None and not body.complete:
             chunks = decompress_blocks(body.chunks()) if request.decompress else body.chunks()
 
-        with self.server.engine.connection(request.options) as connection:
+        engine = self.server.engine
+        with engine.connection(request.options) as connection:
+            # ClickHouse runs `query` + "\n" + body. Only the start is read before
+            # looking for an INSERT's data, so that the data streams to disk.
             if request.query is not None:
-                # ClickHouse runs `query` + "\n" + body. An INSERT whose FORMAT
-                # clause is in `query` streams the body as its data.
                 head = request.query.encode() + b"\n"
-                insert = find_insert_data(head)
-                if insert is not None:
-                    data = itertools.chain([head[insert.data_offset :]], chunks)
-                    return self._result(request, query_id, request.default_format, run_insert(connection, insert, data))
-                rest = b"".join(chunks)
+            else:
+                chunks = iter(chunks)
+                head = _read_at_least(chunks, MAX_QUERY_SIZE)
+            insert = find_insert_data(head)
+            if insert is not None:
+                data = itertools.chain([head[insert.data_offset :]], chunks)
+                stats = run_insert(engine, connection, insert, data, request.params)
+                return self._result(request, query_id, request.default_format, stats)
+            rest = b"".join(chunks)
+            if request.query is not None:
                 sql = head + rest if rest else request.query.encode()
             else:
-                sql = b"".join(chunks)
+                sql = head + rest
             if not sql.strip():
                 raise ClickHouseError(Code.SYNTAX_ERROR, "Empty query.")
-            insert = find_insert_data(sql)
-            if insert is not None:
-                stats = run_insert(connection, insert, [sql[insert.data_offset :]])
-                return self._result(request, query_id, request.default_format, stats)
             text = _utf8(sql)
             output_format = inspect_query(text) or request.default_format
             result = run_query(connection, text, request.default_format, request.params)
@@ -1282,6 +1344,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.path.abspath(args.data_dir)
     if "?" in data_dir:
         parser.error("--data-dir must not contain '?' (chDB reads it as connection options)")
+    if any(char in data_dir for char in GLOB_CHARACTERS):
+        parser.error("--data-dir must not contain '*', '{' or '}' (inserts read their data from a file in it)")
     os.makedirs(data_dir, exist_ok=True)
 
     open_files = raise_open_files_limit()

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -63,9 +64,10 @@ class Reply:
 class Server:
     """server.py in a subprocess, on a port it picks itself."""
 
-    def __init__(self, data_dir: Path, log_path: Path):
+    def __init__(self, data_dir: Path, log_path: Path, open_files: int | None = None):
         self.data_dir = data_dir
         self.log_path = log_path
+        self.open_files = open_files  # RLIMIT_NOFILE for the server, if not inherited
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -74,8 +76,11 @@ class Server:
         password_file.write_text(PASSWORD + "\n")
         command = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir)]
         command += ["--password-file", str(password_file), "--log-level", "debug"]
+        limit = self.open_files
+        # Soft and hard: chDB raises the soft limit to the hard one when it starts.
+        lower_limit = None if limit is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, preexec_fn=lower_limit)
         line = self._read_stdout_line(time.monotonic() + STARTUP_DEADLINE_SECONDS)
         assert line.startswith("chdb-server listening on http://127.0.0.1:"), line
         self.port = int(line.rsplit(":", 1)[1])
@@ -117,6 +122,14 @@ class Server:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def spool_dirs(self) -> list[Path]:
+        return list(self.data_dir.glob(".chdb-server-spool-*"))
+
+    def spooled_files(self) -> list[Path]:
+        """Files left in the spool directory (INSERT data waits there for the engine)."""
+        (spool,) = self.spool_dirs()
+        return list(spool.iterdir())
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -400,6 +413,45 @@ def test_json_as_string_settings(ch, table):
         params={"default_format": "RowBinary", "output_format_binary_write_json_as_string": "1"},
     )
     assert reply.body == binary_string('{"a":1,"b":{"c":"x"}}')
+
+
+def test_insert_statement_forms(ch):
+    """The server runs an INSERT with data as INSERT ... FROM INFILE <spool file>:
+    the statement's own clauses must survive the rewriting."""
+    ch.query("CREATE TABLE forms (n UInt32, s String) ENGINE = MergeTree ORDER BY n")
+    cases = [
+        ("INSERT INTO forms SETTINGS format_csv_delimiter=';' FORMAT CSV\n1;a\n", {}),
+        ("2;b\n", {"query": "INSERT INTO forms FORMAT CSV", "format_csv_delimiter": ";"}),
+        ("INSERT INTO forms -- a comment before the FORMAT clause\nFORMAT TSV\n3\tc\n", {}),
+        ("4\td\n", {"query": "INSERT INTO {t:Identifier} (n, s) FORMAT TSV", "param_t": "forms"}),
+        ("INSERT INTO forms VALUES (2 + 3, concat('e', '!'))", {}),
+        ("", {"query": "INSERT INTO forms FORMAT TSV"}),  # no rows is fine
+    ]
+    for body, params in cases:
+        reply = ch.request(body=body, params=params or None)
+        assert reply.status == 200, (body, reply.text)
+    reply = ch.request(body="6\n", params={"query": "INSERT INTO FUNCTION null('n UInt32') FORMAT TSV"})
+    assert json.loads(reply.headers["X-ClickHouse-Summary"])["written_rows"] == "1"
+    assert ch.query("SELECT n, s FROM forms ORDER BY n") == "1\ta\n2\tb\n3\tc\n4\td\n5\te!\n"
+
+    # The spool file goes away after a failure too; the client still may not name a file.
+    failed = ch.request(body="7\tx\nnot a number\ty\n", params={"query": "INSERT INTO forms FORMAT TSV"})
+    assert (failed.status, failed.code) == (400, 27), failed.text
+    assert "(in the request body)" in failed.text and ".chdb-server-spool" not in failed.text
+    assert ch.spooled_files() == []
+    infile = ch.request(body="INSERT INTO forms FROM INFILE '/etc/hostname' FORMAT TSV")
+    assert (infile.status, infile.code) == (404, 78)
+    assert ch.query("SELECT count() FROM forms") == "5\n"
+
+
+def test_insert_errors_in_the_table_are_reported(ch):
+    """chDB's streaming insert lost these: finish() counted the rows as written."""
+    ch.query("CREATE TABLE checked (n UInt32, CONSTRAINT small CHECK n < 10) ENGINE = MergeTree ORDER BY n")
+    reply = ch.request(body="1\n20\n", params={"query": "INSERT INTO checked FORMAT TSV"})
+    assert (reply.status, reply.code) == (500, 469), reply.text
+    assert reply.text.startswith("Code: 469. DB::Exception: Constraint `small`")
+    assert "(VIOLATED_CONSTRAINT)" in reply.text
+    assert ch.query("SELECT count() FROM checked") == "0\n"
 
 
 # --------------------------------------------------------------------------
@@ -758,6 +810,56 @@ def test_native_for_clients_covers_nested_types(ch):
 
 
 # --------------------------------------------------------------------------
+# Inserts that cannot commit
+# --------------------------------------------------------------------------
+
+
+def test_insert_that_cannot_commit_is_an_error_not_a_silent_loss(tmp_path):
+    """A wide part needs more files than the open-files limit allows.
+
+    Every column file of a part is open while the part is written, and each JSON
+    path is several files, so an insert with thousands of distinct paths runs
+    out of file descriptors (errno 24). chDB's streaming insert answered that
+    with "2000 rows written" and stored nothing; the server must report the
+    error, and what it reports must agree with what is stored."""
+    instance = Server(tmp_path / "data", tmp_path / "server.log", open_files=1024)
+    try:
+        instance.start()
+        # Wide parts from the first row on, so that a few hundred rows are enough.
+        instance.query(
+            "CREATE TABLE wide (n UInt32, data JSON) ENGINE = MergeTree ORDER BY n "
+            "SETTINGS min_bytes_for_wide_part = 0, min_rows_for_wide_part = 0"
+        )
+
+        def rows(first: int, count: int, distinct_keys: bool) -> bytes:
+            numbers = range(first, first + count)
+            lines = (json.dumps({"n": n, "data": {f"key_{n}" if distinct_keys else "key": n}}) for n in numbers)
+            return "".join(line + "\n" for line in lines).encode()
+
+        acked = 0
+        replies = []
+        for body in (rows(0, 10, False), rows(10, 500, True), rows(510, 10, False)):
+            reply = instance.request(body=body, params={"query": "INSERT INTO wide FORMAT JSONEachRow"})
+            replies.append(reply)
+            if reply.status == 200:
+                acked += int(json.loads(reply.headers["X-ClickHouse-Summary"])["written_rows"])
+        assert [reply.status for reply in replies] == [200, 503, 200], [reply.text for reply in replies]
+        failed = replies[1]
+        assert failed.code == 76
+        assert failed.text.startswith("Code: 76. DB::Exception: Cannot open file ")
+        assert "Too many open files" in failed.text
+        assert re.search(rf"\(CANNOT_OPEN_FILE\) {VERSION_SUFFIX}", failed.text)
+        assert acked == 20
+        stored = instance.query("SELECT count(), sum(n) FROM wide")
+        assert stored == f"{acked}\t{sum(range(10)) + sum(range(510, 520))}\n"
+        assert instance.query("SELECT 1") == "1\n"
+        assert instance.spooled_files() == []
+        assert instance.stop() == 0
+    finally:
+        instance.kill_if_running()
+
+
+# --------------------------------------------------------------------------
 # Lifecycle
 # --------------------------------------------------------------------------
 
@@ -773,6 +875,7 @@ def test_data_survives_restart_and_signals_exit_cleanly(tmp_path):
         instance.start()
         assert instance.query("SELECT sum(n) FROM kept") == "6\n"
         assert instance.stop(signal.SIGINT) == 0
+        assert instance.spool_dirs() == []  # removed on the way out
     finally:
         instance.kill_if_running()
     logs = instance.logs()
@@ -822,6 +925,29 @@ def test_find_insert_data(sql, statement, input_format, data):
 )
 def test_find_insert_data_ignores_other_statements(sql):
     assert server.find_insert_data(sql) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "target", "settings"),
+    [
+        (
+            b"INSERT INTO t (a) -- note\nSETTINGS async_insert=0 FORMAT CSV\n1",
+            "INSERT INTO t (a) -- note",
+            "SETTINGS async_insert=0",
+        ),
+        (b"INSERT INTO settings (settings) VALUES (1)", "INSERT INTO settings (settings)", ""),
+        (
+            b"INSERT INTO FUNCTION file('x', 'TSV', 'settings String') FORMAT TSV\n",
+            "INSERT INTO FUNCTION file('x', 'TSV', 'settings String')",
+            "",
+        ),
+    ],
+)
+def test_insert_from_file_statement(sql, target, settings):
+    insert = server.find_insert_data(sql)
+    assert (insert.target, insert.settings) == (target, settings)
+    infile = "FROM INFILE '/spool/it\\'s' COMPRESSION 'none'"
+    assert insert.from_file("/spool/it's") == f"{target}\n{infile}\n{settings}\nFORMAT {insert.input_format}"
 
 
 def test_inspect_query():
