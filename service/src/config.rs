@@ -1699,10 +1699,17 @@ mod tests {
 
     #[test]
     fn nats_credentials_are_accepted_but_never_shown() {
-        let c = load(&[("PONIX_NATS_URL", "nats://u:hunter2@a:4222,b,tls://tok3n@c/x")]).unwrap();
+        let c = load(&[(
+            "PONIX_NATS_URL",
+            "nats://u:hunter2@a:4222,b,tls://tok3n@c/x",
+        )])
+        .unwrap();
         assert_eq!(c.nats.url, "nats://u:hunter2@a:4222,b,tls://tok3n@c/x");
         let debug = format!("{c:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("tok3n"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("tok3n"),
+            "{debug}"
+        );
         assert!(
             debug.contains(r#"url: "nats://***@a:4222,b,tls://***@c/x""#),
             "{debug}"
@@ -1710,7 +1717,10 @@ mod tests {
         let message = error("PONIX_NATS_URL", "nats://u:hunter2@a:x");
         assert_eq!(
             message,
-            format!("PONIX_NATS_URL (value hidden): expected {}", NATS_URL.expected())
+            format!(
+                "PONIX_NATS_URL (value hidden): expected {}",
+                NATS_URL.expected()
+            )
         );
         assert_eq!(redact_credentials("u:p@h:1"), "***@h:1");
         assert_eq!(redact_credentials("nats://h/a@b"), "nats://h/a@b");
@@ -1747,8 +1757,8 @@ mod tests {
     #[test]
     fn readme_lists_every_variable() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        let readme = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let readme =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
         let missing: Vec<&str> = VARIABLES
             .iter()
             .map(|var| var.name)

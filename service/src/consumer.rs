@@ -3,7 +3,8 @@
 //!
 //! # Delivery contract
 //!
-//! At-least-once, and no message is ever dropped by the writer:
+//! At-least-once delivery into an idempotent table, and no message is ever dropped by
+//! the writer:
 //!
 //! * A message is **acknowledged** only after the INSERT holding its row returned
 //!   success (see [`crate::store`] for what success means).
@@ -18,6 +19,18 @@
 //! * While an INSERT runs, every message of the batch gets `+WPI` (progress) every
 //!   AckWait/3, so a slow INSERT does not make the server redeliver the batch to
 //!   someone else mid-write.
+//!
+//! # Duplicates
+//!
+//! A message can be stored and still come back: the process dies between the commit
+//! and the acks, an ack is lost, or an INSERT the writer gave up on (timeout) commits
+//! on the server anyway. JetStream then redelivers it, in whatever batch it lands in,
+//! and its row is inserted again. Every row carries its message's stream sequence
+//! ([`ProcessedEnvelopeRow::stream_sequence`]), and the table (a `ReplacingMergeTree`
+//! whose sorting key ends with that sequence, see the migrations) keeps one row per
+//! message: merges drop the copies, and queries with `FINAL` never see them. Because
+//! the identity is per row, not per batch, this holds whatever the composition of the
+//! batch that carries the redelivery.
 //!
 //! # Permanent store errors
 //!
@@ -60,7 +73,8 @@
 //! the server's confirmation. The server handles a connection's acks for a consumer in
 //! order, so that confirmation covers the acks before it; one round trip per batch
 //! instead of one per message. A lost ack can only cause a redelivery, i.e. a
-//! duplicate row, never a loss; failures are counted in `ack_failures_total`.
+//! re-insert that the table deduplicates (see "Duplicates"), never a loss; failures
+//! are counted in `ack_failures_total`.
 //!
 //! # Dead letters
 //!
@@ -83,7 +97,7 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -323,7 +337,7 @@ impl Consumer {
         // a byte limit, so that one large message cannot stall the consumer.
         let mut single = false;
         while !shutdown.is_cancelled() {
-            let failure = match self.fetch(&shutdown, single).await {
+            let failure = match self.fetch(single).await {
                 Ok((deliveries, ended_by)) => {
                     single = deliveries.is_empty() && ended_by.is_some();
                     match ended_by {
@@ -383,9 +397,13 @@ impl Consumer {
     /// One pull request: up to the batch size and byte limit, waiting at most the
     /// batch wait. Returns the messages and the error that ended the pull early, if
     /// any. On shutdown it stops waiting but keeps what already arrived.
+    /// One pull, read to its end: it ends when the batch is full or at its expiry
+    /// (`batch_wait`), so this returns within `batch_wait` even during shutdown. A
+    /// pull is never abandoned half-read, because the messages the server already
+    /// sent would then sit unacknowledged until AckWait and spend a delivery each;
+    /// read to the end, they are inserted and acknowledged like any batch.
     async fn fetch(
         &self,
-        shutdown: &CancellationToken,
         single: bool,
     ) -> Result<(Vec<Delivery>, Option<async_nats::Error>), async_nats::Error> {
         let builder = self.consumer.batch().expires(self.config.batch_wait);
@@ -399,29 +417,13 @@ impl Consumer {
         let mut batch = builder.messages().await?;
         let mut deliveries = Vec::new();
         let mut ended_by = None;
-        loop {
-            let item = tokio::select! {
-                biased;
-                item = batch.next() => item,
-                _ = shutdown.cancelled() => {
-                    // Take what the client already buffered, without waiting; anything
-                    // still on the way is redelivered after AckWait.
-                    while let Some(Some(item)) = batch.next().now_or_never() {
-                        match item {
-                            Ok(message) => deliveries.extend(self.delivery(message)),
-                            Err(error) => { ended_by = Some(error); break; }
-                        }
-                    }
-                    break;
-                }
-            };
+        while let Some(item) = batch.next().await {
             match item {
-                Some(Ok(message)) => deliveries.extend(self.delivery(message)),
-                Some(Err(error)) => {
+                Ok(message) => deliveries.extend(self.delivery(message)),
+                Err(error) => {
                     ended_by = Some(error);
                     break;
                 }
-                None => break,
             }
         }
         Ok((deliveries, ended_by))
@@ -485,7 +487,7 @@ impl Consumer {
         for (index, delivery) in deliveries.iter().enumerate() {
             match envelope::decode(&delivery.message.payload) {
                 Ok(valid) => {
-                    rows.push(ProcessedEnvelopeRow::from(valid));
+                    rows.push(ProcessedEnvelopeRow::new(valid, delivery.stream_sequence));
                     owners.push(index);
                 }
                 Err(invalid) => {

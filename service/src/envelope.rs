@@ -141,10 +141,23 @@ impl std::fmt::Display for InvalidReason {
     }
 }
 
+mod wire;
+
 /// Decodes a `ProcessedEnvelope` from NATS message bytes and [`validate`]s it.
 ///
-/// Never panics, whatever the bytes.
+/// Never panics, whatever the bytes. Valid envelopes in the usual encoding take a fast
+/// path that writes the payload's JSON straight from the wire bytes; everything else
+/// (errors included) goes through prost and [`validate`], with the same result (see
+/// `wire`).
 pub fn decode(bytes: &[u8]) -> Result<ValidEnvelope, Invalid> {
+    match wire::decode_valid(bytes) {
+        Some(valid) => Ok(valid),
+        None => decode_with_prost(bytes),
+    }
+}
+
+/// [`decode`] without the fast path: prost, then [`validate`].
+fn decode_with_prost(bytes: &[u8]) -> Result<ValidEnvelope, Invalid> {
     let envelope = ProcessedEnvelope::decode(bytes).map_err(|e| {
         Invalid::new(
             InvalidReason::DecodeError,

@@ -2,9 +2,9 @@
 //!
 //! * `GET /healthz`: `200 ok` while the process serves requests (liveness).
 //! * `GET /readyz`: `200 ready` when the writer can do its job: connected to NATS,
-//!   ClickHouse answered, migrations done, and the last insert did not fail with a
-//!   permanent error or for lack of an answer. Otherwise `503` with one line per
-//!   reason.
+//!   ClickHouse answered, migrations done, stream and consumer set up, and the last
+//!   insert did not fail with a permanent error or for lack of an answer. Otherwise
+//!   `503` with one line per reason.
 //! * `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
 
 use std::net::SocketAddr;
@@ -27,6 +27,9 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     clickhouse_answered: AtomicBool,
     migrations_done: AtomicBool,
+    /// The stream, the dead-letter stream and the durable consumer exist: only then
+    /// does a message published now get consumed.
+    consumer_ready: AtomicBool,
     /// Why the last insert attempt failed, while that failure means the writer is
     /// not making progress; cleared by the next successful insert.
     store_problem: Mutex<Option<String>>,
@@ -52,6 +55,10 @@ impl Health {
         self.migrations_done.store(true, Ordering::Relaxed);
     }
 
+    pub fn set_consumer_ready(&self) {
+        self.consumer_ready.store(true, Ordering::Relaxed);
+    }
+
     pub fn store_succeeded(&self) {
         self.clickhouse_answered.store(true, Ordering::Relaxed);
         *self.lock_problem() = None;
@@ -74,6 +81,9 @@ impl Health {
         }
         if !self.migrations_done.load(Ordering::Relaxed) {
             reasons.push("migrations: not done yet".to_owned());
+        }
+        if !self.consumer_ready.load(Ordering::Relaxed) {
+            reasons.push("jetstream: stream and consumer not set up yet".to_owned());
         }
         if let Some(problem) = self.lock_problem().as_ref() {
             reasons.push(format!("store: {problem}"));
@@ -160,11 +170,13 @@ mod tests {
             vec![
                 "nats: not connected yet",
                 "clickhouse: has not answered yet",
-                "migrations: not done yet"
+                "migrations: not done yet",
+                "jetstream: stream and consumer not set up yet"
             ]
         );
         health.set_clickhouse_answered();
         health.set_migrations_done();
+        health.set_consumer_ready();
         health.store_failed("permanent store error: UNKNOWN_TABLE".to_owned());
         let reasons = health.readiness().expect_err("still not ready");
         assert_eq!(

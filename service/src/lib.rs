@@ -8,6 +8,8 @@ pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod http;
 pub mod metrics;
 pub mod migrate;

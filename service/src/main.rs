@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "ponix-writer failed");
+                // Also outside the log: PONIX_LOG_LEVEL may filter the event above out,
+                // and a failed start must never exit silently.
+                eprintln!("ponix-writer: {error:#}");
                 ExitCode::FAILURE
             }
         }

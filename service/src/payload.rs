@@ -312,7 +312,7 @@ impl Serialize for JsonValue<'_> {
 
 /// `x` as an i64 when it is integral, within ±2^53 and not -0.0 (which would lose its
 /// sign as the integer 0).
-fn exact_integer(x: f64) -> Option<i64> {
+pub(crate) fn exact_integer(x: f64) -> Option<i64> {
     let integral = x.fract() == 0.0 && x.abs() <= MAX_EXACT_INTEGER;
     let negative_zero = x == 0.0 && x.is_sign_negative();
     // Exact: an integral value within ±2^53 fits an i64.

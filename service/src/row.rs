@@ -7,6 +7,11 @@ use crate::envelope::ValidEnvelope;
 /// A row of the `processed_envelopes` table. Fields are in the table's column order:
 /// RowBinary is positional, so serde's field order is the wire order.
 ///
+/// `stream_sequence` is the JetStream stream sequence of the message the row came from:
+/// the row's identity. The table is a `ReplacingMergeTree` whose sorting key ends with
+/// it, so a message stored twice (redelivered after its INSERT committed but before
+/// its ack arrived) is one row once merged, and one row to queries with `FINAL`.
+///
 /// The timestamps need clickhouse's `DateTime` serde adapter (a u32 of seconds); without
 /// it the client fails with "Cannot read all data". `data` is the payload's JSON text for
 /// the `JSON` column, which needs [`crate::payload::CLICKHOUSE_JSON_SETTINGS`].
@@ -19,10 +24,13 @@ pub struct ProcessedEnvelopeRow {
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     pub processed_at: DateTime<Utc>,
     pub data: String,
+    pub stream_sequence: u64,
 }
 
-impl From<ValidEnvelope> for ProcessedEnvelopeRow {
-    fn from(envelope: ValidEnvelope) -> Self {
+impl ProcessedEnvelopeRow {
+    /// The row for `envelope`, which JetStream delivered as message `stream_sequence`
+    /// of its stream.
+    pub fn new(envelope: ValidEnvelope, stream_sequence: u64) -> Self {
         let ValidEnvelope {
             organization_id,
             end_device_id,
@@ -36,6 +44,7 @@ impl From<ValidEnvelope> for ProcessedEnvelopeRow {
             occurred_at,
             processed_at,
             data,
+            stream_sequence,
         }
     }
 }
@@ -61,7 +70,7 @@ mod tests {
             }),
             organization_id: "org-3".into(),
         };
-        envelope::decode(&message.encode_to_vec()).unwrap().into()
+        ProcessedEnvelopeRow::new(envelope::decode(&message.encode_to_vec()).unwrap(), 42)
     }
 
     #[test]
@@ -72,6 +81,7 @@ mod tests {
         assert_eq!(row.occurred_at.timestamp(), 100);
         assert_eq!(row.processed_at.timestamp(), 200);
         assert_eq!(row.data, r#"{"x":[1]}"#);
+        assert_eq!(row.stream_sequence, 42);
     }
 
     /// clickhouse-rs does not expose its RowBinary serializer, but it drives serde, so the
@@ -81,7 +91,7 @@ mod tests {
     fn serde_emits_the_columns_in_table_order_with_datetimes_as_seconds() {
         assert_eq!(
             serde_json::to_string(&row()).unwrap(),
-            r#"{"organization_id":"org-3","end_device_id":"dev-7","occurred_at":100,"processed_at":200,"data":"{\"x\":[1]}"}"#
+            r#"{"organization_id":"org-3","end_device_id":"dev-7","occurred_at":100,"processed_at":200,"data":"{\"x\":[1]}","stream_sequence":42}"#
         );
     }
 

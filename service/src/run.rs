@@ -173,6 +173,8 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
 
     let js = jetstream::new(nats.clone());
     let pull = consumer::ensure(&js, &config.nats).await?;
+    // Ready only now: a message published after /readyz answers 200 is consumed.
+    health.set_consumer_ready();
 
     tracing::info!(?config, "effective configuration");
     Ok(Started {
@@ -192,7 +194,7 @@ async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<asyn
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(100)),
             )
-            .connect(config.nats.url.as_str())
+            .connect(config.nats.server_urls())
             .await
             .map_err(anyhow::Error::from)
     })

@@ -16,7 +16,16 @@
 //! Rows of one batch that fall into one partition and under `max_insert_block_size`
 //! are committed atomically; otherwise a failure can leave part of the batch stored.
 //! Either way the consumer then redelivers the whole batch, so delivery is
-//! at-least-once: a retried batch can store some rows twice, never zero times.
+//! at-least-once: a retried batch can insert some rows twice, never zero times.
+//!
+//! Re-inserts are idempotent in the table: each row carries the stream sequence of its
+//! message, and the table is a `ReplacingMergeTree` ordered by
+//! `(organization_id, occurred_at, end_device_id, stream_sequence)`, so a row inserted
+//! twice has one sorting key and is kept once (merges remove the copy; `FINAL` hides it
+//! until then). No insert setting is involved: `insert_deduplication_token` would only
+//! recognise a retry of the identical batch, and a JetStream redelivery need not have
+//! the composition of the first delivery. The README's "Guarantees" section compares
+//! the two designs with measurements.
 //!
 //! [`Insert::end`]: clickhouse::insert::Insert::end
 
@@ -103,8 +112,8 @@ impl Store {
     /// timeout. An empty slice sends nothing.
     ///
     /// On a timeout the request is dropped, which aborts it; if the server had already
-    /// received the whole body it may still commit it, so a retry can duplicate rows
-    /// (at-least-once, see the module docs).
+    /// received the whole body it may still commit it, so a retry can insert rows twice
+    /// (at-least-once; the table keeps one copy, see the module docs).
     pub async fn insert_batch(&self, rows: &[ProcessedEnvelopeRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -149,7 +158,7 @@ fn insert_mode_settings(async_insert: bool) -> Vec<(&'static str, &'static str)>
 /// |---|---|---|---|
 /// | [`Retryable`](Self::Retryable) | transient: the same rows will probably go in later | connection refused or reset, client-side timeout, HTTP 5xx without a known permanent code, `TIMEOUT_EXCEEDED` (159), `MEMORY_LIMIT_EXCEEDED` (241), `TABLE_IS_READ_ONLY` (242), `TOO_MANY_PARTS` (252), `NETWORK_ERROR` (210), any code not listed below | NAK with exponential backoff |
 /// | [`Destination`](Self::Destination) (permanent) | the table or connection settings are wrong for *every* row; fails again until an operator changes ClickHouse or the config | `THERE_IS_NO_COLUMN` (8), `NO_SUCH_COLUMN_IN_TABLE` (16), `UNKNOWN_IDENTIFIER` (47), `TYPE_MISMATCH` (53), `UNKNOWN_TABLE` (60), `UNKNOWN_DATABASE` (81), `UNKNOWN_SETTING` (115), `READONLY` (164), authentication and access errors (192-195, 497, 516), a schema mismatch found by clickhouse-rs' row validation | keep the messages (NAK with the longest backoff), report not-ready |
-/// | [`Data`](Self::Data) (permanent) | the server or the serializer rejected the *data*: some row of the batch cannot be stored as it is | `CANNOT_PARSE_*` (6, 26, 27, 38, 41, 72), `CANNOT_READ_ALL_DATA` (33), `INCORRECT_DATA` (117), `VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE` (321), client-side serialization errors | isolate the offending rows by bisecting the batch, dead-letter only those |
+/// | [`Data`](Self::Data) (permanent) | the server or the serializer rejected the *data*: some row of the batch cannot be stored as it is | `CANNOT_PARSE_*` (6, 26, 27, 38, 41, 72), `CANNOT_READ_ALL_DATA` (33), `INCORRECT_DATA` (117), `VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE` (321), `TOO_MANY_PARTS` (252) when one insert block spans too many partitions, client-side serialization errors | isolate the offending rows by bisecting the batch, dead-letter only those |
 ///
 /// Unknown codes and unrecognised failures are deliberately retryable: a wrong guess
 /// in that direction costs retries, a wrong guess the other way costs data.
@@ -298,6 +307,14 @@ impl StoreError {
 /// proxy in between, for example).
 pub fn classify_server_text(text: &str) -> (ErrorClass, Option<u32>) {
     if let Some(code) = exception_code(text) {
+        // TOO_MANY_PARTS (252) usually means merges are behind: retry later. But the
+        // same code with this message means one INSERT block spans more partitions
+        // than max_partitions_per_insert_block (rows with months far apart). That
+        // batch fails the same way on every retry; as a data error it is bisected
+        // into smaller inserts that do fit.
+        if code == TOO_MANY_PARTS && text.contains("Too many partitions for single INSERT block") {
+            return (ErrorClass::Data, Some(code));
+        }
         return (class_of_code(code), Some(code));
     }
     let status = text
@@ -313,6 +330,8 @@ pub fn classify_server_text(text: &str) -> (ErrorClass, Option<u32>) {
     };
     (class, None)
 }
+
+const TOO_MANY_PARTS: u32 = 252;
 
 /// The number after the first `Code:` in a ClickHouse error text.
 fn exception_code(text: &str) -> Option<u32> {
@@ -385,6 +404,23 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_partitions_in_one_insert_is_a_data_error_but_too_many_parts_is_not() {
+        let partitions = "Code: 252. DB::Exception: Too many partitions for single INSERT block \
+                          (more than 100). (TOO_MANY_PARTS) (version 26.9.2.1)";
+        assert_eq!(
+            classify_server_text(partitions),
+            (ErrorClass::Data, Some(252))
+        );
+        let merges_behind = "Code: 252. DB::Exception: Too many parts (3001 with average size of \
+                             1.00 KiB) in table 't'. Merges are processing significantly slower \
+                             than inserts. (TOO_MANY_PARTS)";
+        assert_eq!(
+            classify_server_text(merges_behind),
+            (ErrorClass::Retryable, Some(252))
+        );
+    }
     use clickhouse::error::Error as E;
 
     fn class_of(error: E) -> ErrorClass {

@@ -23,27 +23,51 @@ const DATABASE: &str = "migrations_check";
 
 async fn every_migration_file_is_valid_goose_sql(endpoints: Endpoints) -> anyhow::Result<()> {
     let files = migration_files(&endpoints.migrations_dir)?;
-    ensure!(!files.is_empty(), "no migrations in {}", endpoints.migrations_dir.display());
+    ensure!(
+        !files.is_empty(),
+        "no migrations in {}",
+        endpoints.migrations_dir.display()
+    );
     for file in &files {
         let text = std::fs::read_to_string(file)?;
-        check_goose_sql(&text).with_context(|| format!("{} is not valid goose SQL", file.display()))?;
+        check_goose_sql(&text)
+            .with_context(|| format!("{} is not valid goose SQL", file.display()))?;
     }
     Ok(())
 }
 
 async fn the_goose_sql_check_rejects_broken_files(_: Endpoints) -> anyhow::Result<()> {
-    let valid = "-- +goose Up\nCREATE TABLE t (a UInt8) ENGINE = Memory;\n-- +goose Down\nDROP TABLE t;\n";
+    let valid =
+        "-- +goose Up\nCREATE TABLE t (a UInt8) ENGINE = Memory;\n-- +goose Down\nDROP TABLE t;\n";
     check_goose_sql(valid)?;
     let broken = [
-        ("no Down", "-- +goose Up\nCREATE TABLE t (a UInt8) ENGINE = Memory;\n"),
-        ("no Up", "CREATE TABLE t (a UInt8) ENGINE = Memory;\n-- +goose Down\nDROP TABLE t;\n"),
-        ("Down before Up", "-- +goose Down\nDROP TABLE t;\n-- +goose Up\nSELECT 1;\n"),
-        ("unclosed block", "-- +goose Up\n-- +goose StatementBegin\nSELECT 1;\n-- +goose Down\nSELECT 1;\n"),
+        (
+            "no Down",
+            "-- +goose Up\nCREATE TABLE t (a UInt8) ENGINE = Memory;\n",
+        ),
+        (
+            "no Up",
+            "CREATE TABLE t (a UInt8) ENGINE = Memory;\n-- +goose Down\nDROP TABLE t;\n",
+        ),
+        (
+            "Down before Up",
+            "-- +goose Down\nDROP TABLE t;\n-- +goose Up\nSELECT 1;\n",
+        ),
+        (
+            "unclosed block",
+            "-- +goose Up\n-- +goose StatementBegin\nSELECT 1;\n-- +goose Down\nSELECT 1;\n",
+        ),
         ("empty Down", "-- +goose Up\nSELECT 1;\n-- +goose Down\n"),
-        ("typo", "-- +goose Up\nSELECT 1;\n-- +goose StatmentEnd\n-- +goose Down\nSELECT 1;\n"),
+        (
+            "typo",
+            "-- +goose Up\nSELECT 1;\n-- +goose StatmentEnd\n-- +goose Down\nSELECT 1;\n",
+        ),
     ];
     for (what, text) in broken {
-        ensure!(check_goose_sql(text).is_err(), "accepted a file with {what}");
+        ensure!(
+            check_goose_sql(text).is_err(),
+            "accepted a file with {what}"
+        );
     }
     Ok(())
 }
@@ -86,7 +110,10 @@ fn check_goose_sql(text: &str) -> anyhow::Result<()> {
     }
     ensure!(!in_statement, "a StatementBegin is never ended");
     ensure!(section == Some(1), "missing `-- +goose Down` section");
-    ensure!(statements[0] > 0 && statements[1] > 0, "Up and Down each need a statement");
+    ensure!(
+        statements[0] > 0 && statements[1] > 0,
+        "Up and Down each need a statement"
+    );
     Ok(())
 }
 
@@ -94,8 +121,14 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     let admin = client(&endpoints);
-    admin.query(&format!("DROP DATABASE IF EXISTS {DATABASE}")).execute().await?;
-    admin.query(&format!("CREATE DATABASE {DATABASE}")).execute().await?;
+    admin
+        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+        .execute()
+        .await?;
+    admin
+        .query(&format!("CREATE DATABASE {DATABASE}"))
+        .execute()
+        .await?;
     let client = admin.with_database(DATABASE);
     let goose = Goose::new(&endpoints)?;
     let file_count = migration_files(&endpoints.migrations_dir)?.len();
@@ -104,23 +137,41 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
     let first = schema(&client).await?;
 
     let again = goose.run(&["up"])?;
-    ensure!(again.contains("no migrations to run"), "second `up` was not a no-op:\n{again}");
-    ensure!(schema(&client).await? == first, "second `up` changed the schema");
+    ensure!(
+        again.contains("no migrations to run"),
+        "second `up` was not a no-op:\n{again}"
+    );
+    ensure!(
+        schema(&client).await? == first,
+        "second `up` changed the schema"
+    );
 
     let status = goose.run(&["status"])?;
-    let applied = status.lines().filter(|line| line.contains(".sql") && !line.contains("Pending")).count();
-    ensure!(applied == file_count, "status lists {applied} of {file_count} files as applied:\n{status}");
+    let applied = status
+        .lines()
+        .filter(|line| line.contains(".sql") && !line.contains("Pending"))
+        .count();
+    ensure!(
+        applied == file_count,
+        "status lists {applied} of {file_count} files as applied:\n{status}"
+    );
 
     goose.run(&["down-to", "0"])?;
     let tables = client
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
         .fetch_all::<String>()
         .await?;
-    ensure!(tables == ["goose_db_version"], "down-to 0 left tables behind: {tables:?}");
+    ensure!(
+        tables == ["goose_db_version"],
+        "down-to 0 left tables behind: {tables:?}"
+    );
 
     goose.run(&["up"])?;
     let restored = schema(&client).await?;
-    ensure!(restored == first, "down-to 0 then up changed the schema:\n{first}\nvs\n{restored}");
+    ensure!(
+        restored == first,
+        "down-to 0 then up changed the schema:\n{first}\nvs\n{restored}"
+    );
 
     insta::assert_snapshot!("schema", restored);
     Ok(())
@@ -162,8 +213,10 @@ async fn schema(client: &Client) -> anyhow::Result<String> {
         .await?;
     let mut text = String::new();
     for table in tables {
-        let create: String =
-            client.query(&format!("SHOW CREATE TABLE {}", table.name)).fetch_one().await?;
+        let create: String = client
+            .query(&format!("SHOW CREATE TABLE {}", table.name))
+            .fetch_one()
+            .await?;
         text.push_str(&format!(
             "{create}\n\ntable {}: engine={} partition_key={} sorting_key={} primary_key={}\n",
             table.name, table.engine, table.partition_key, table.sorting_key, table.primary_key
@@ -217,7 +270,9 @@ impl Goose {
             .args(["clickhouse", &self.dsn])
             .args(args)
             .output()
-            .with_context(|| format!("running {}: run `cargo xtask tools`", self.binary.display()))?;
+            .with_context(|| {
+                format!("running {}: run `cargo xtask tools`", self.binary.display())
+            })?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -227,4 +282,3 @@ impl Goose {
         Ok(text)
     }
 }
-

@@ -34,6 +34,7 @@ struct StoredRow {
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     processed_at: chrono::DateTime<chrono::Utc>,
     data: String,
+    stream_sequence: u64,
 }
 
 /// A stored row as the snapshot shows it: timestamps in RFC 3339, the JSON
@@ -45,6 +46,8 @@ struct SnapshotRow {
     occurred_at: String,
     processed_at: String,
     data: serde_json::Value,
+    /// Deterministic: the fixtures are published one by one, in file-name order.
+    stream_sequence: u64,
 }
 
 #[derive(Serialize)]
@@ -62,9 +65,14 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
     let fixtures = fixtures::load_all()?;
     let valid = fixtures.iter().filter(|fixture| fixture.valid).count();
     let invalid = fixtures.len() - valid;
-    ensure!(valid >= 12 && invalid >= 3, "fixtures/ needs at least 12 valid and 3 invalid envelopes");
+    ensure!(
+        valid >= 12 && invalid >= 3,
+        "fixtures/ needs at least 12 valid and 3 invalid envelopes"
+    );
 
-    let nats = async_nats::connect(&endpoints.nats_url).await.context("connecting to NATS")?;
+    let nats = async_nats::connect(&endpoints.nats_url)
+        .await
+        .context("connecting to NATS")?;
     let js = jetstream::new(nats);
     support::delete_streams(&js, &[STREAM, DEAD_LETTER_STREAM]).await?;
     support::fresh_database(&endpoints, DATABASE).await?;
@@ -85,17 +93,24 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
     .await?;
 
     for fixture in &fixtures {
-        js.publish(format!("{SUBJECT_PREFIX}.{}", fixture.name), fixture.bytes.clone().into())
-            .await?
-            .await
-            .with_context(|| format!("publishing fixture {}", fixture.name))?;
+        js.publish(
+            format!("{SUBJECT_PREFIX}.{}", fixture.name),
+            fixture.bytes.clone().into(),
+        )
+        .await?
+        .await
+        .with_context(|| format!("publishing fixture {}", fixture.name))?;
     }
     support::wait_until_drained(&js, STREAM, CONSUMER, Duration::from_secs(60))
         .await
         .with_context(|| format!("the writer's log ends with:\n{}", writer.log_tail(40)))?;
 
     let rows = stored_rows(&endpoints).await?;
-    ensure!(rows.len() == valid, "{} rows stored for {valid} valid fixtures", rows.len());
+    ensure!(
+        rows.len() == valid,
+        "{} rows stored for {valid} valid fixtures",
+        rows.len()
+    );
     let dead_letters = dead_letters(&js).await?;
     ensure!(
         dead_letters.len() == invalid,
@@ -104,7 +119,10 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
     );
 
     let status = writer.terminate(Duration::from_secs(30)).await?;
-    ensure!(status.success(), "the writer exited with {status} after SIGTERM");
+    ensure!(
+        status.success(),
+        "the writer exited with {status} after SIGTERM"
+    );
 
     testkit::snapshot::settings().bind(|| {
         insta::assert_yaml_snapshot!("stored_rows", rows);
@@ -116,8 +134,9 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
 async fn stored_rows(endpoints: &Endpoints) -> anyhow::Result<Vec<SnapshotRow>> {
     let rows = support::clickhouse(endpoints, DATABASE)
         .query(
-            "SELECT ?fields FROM processed_envelopes \
-             ORDER BY organization_id, end_device_id, occurred_at, processed_at",
+            // FINAL: one row per message, as every reader of the table should ask.
+            "SELECT ?fields FROM processed_envelopes FINAL \
+             ORDER BY organization_id, end_device_id, occurred_at, processed_at, stream_sequence",
         )
         .fetch_all::<StoredRow>()
         .await?;
@@ -130,6 +149,7 @@ async fn stored_rows(endpoints: &Endpoints) -> anyhow::Result<Vec<SnapshotRow>> 
                 end_device_id: row.end_device_id,
                 occurred_at: row.occurred_at.to_rfc3339(),
                 processed_at: row.processed_at.to_rfc3339(),
+                stream_sequence: row.stream_sequence,
             })
         })
         .collect()
@@ -137,7 +157,10 @@ async fn stored_rows(endpoints: &Endpoints) -> anyhow::Result<Vec<SnapshotRow>> 
 
 /// Every message on the dead-letter stream, in stream order.
 async fn dead_letters(js: &jetstream::Context) -> anyhow::Result<Vec<SnapshotDeadLetter>> {
-    let mut stream = js.get_stream(DEAD_LETTER_STREAM).await.context("the dead-letter stream")?;
+    let mut stream = js
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .context("the dead-letter stream")?;
     let last = stream.info().await?.state.last_sequence;
     let mut letters = Vec::new();
     for sequence in 1..=last {
@@ -146,7 +169,9 @@ async fn dead_letters(js: &jetstream::Context) -> anyhow::Result<Vec<SnapshotDea
             .headers
             .iter()
             .flat_map(|(name, values)| {
-                values.iter().map(move |value| (name.to_string(), value.to_string()))
+                values
+                    .iter()
+                    .map(move |value| (name.to_string(), value.to_string()))
             })
             .filter(|(name, _)| !name.starts_with("Nats-"))
             .collect();

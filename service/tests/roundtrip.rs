@@ -15,7 +15,9 @@ use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::payload;
 use ponix_writer::row::ProcessedEnvelopeRow;
 use ponix_writer::store::Store;
-use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::{
+    Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner,
+};
 use prost::Message as _;
 use prost_types::{Struct, Timestamp};
 use testkit::Endpoints;
@@ -44,8 +46,8 @@ async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
         let next_case = AtomicU64::new(0);
         runner
             .run(&testkit::strategies::arb_struct(), |sent| {
-                let device = format!("case-{}", next_case.fetch_add(1, Ordering::Relaxed));
-                runtime.block_on(round_trip(&store, &reader, &device, sent))
+                let case = next_case.fetch_add(1, Ordering::Relaxed);
+                runtime.block_on(round_trip(&store, &reader, case, sent))
             })
             .map_err(|failure| anyhow::anyhow!("{failure}"))
     })
@@ -55,13 +57,17 @@ async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
 async fn round_trip(
     store: &Store,
     reader: &clickhouse::Client,
-    device: &str,
+    case: u64,
     sent: Struct,
 ) -> Result<(), TestCaseError> {
-    let at = Some(Timestamp { seconds: 1_700_000_000, nanos: 0 });
+    let device = format!("case-{case}");
+    let at = Some(Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    });
     let bytes = ProcessedEnvelope {
         organization_id: "roundtrip".into(),
-        end_device_id: device.into(),
+        end_device_id: device.clone(),
         occurred_at: at,
         processed_at: at,
         data: Some(sent.clone()),
@@ -76,12 +82,13 @@ async fn round_trip(
         }
     };
     store
-        .insert_batch(&[ProcessedEnvelopeRow::from(valid)])
+        // One case, one message: the case number stands in for its stream sequence.
+        .insert_batch(&[ProcessedEnvelopeRow::new(valid, case + 1)])
         .await
         .map_err(|err| TestCaseError::fail(format!("insert failed: {err}")))?;
     let stored: String = reader
         .query("SELECT data FROM processed_envelopes WHERE end_device_id = ?")
-        .bind(device)
+        .bind(&device)
         .fetch_one()
         .await
         .map_err(|err| TestCaseError::fail(format!("select failed: {err}")))?;
@@ -93,7 +100,9 @@ async fn round_trip(
     } else {
         Err(TestCaseError::fail(format!(
             "ClickHouse gave back {stored}\nthe contract promises {}",
-            payload::to_json_value(&expected).map(|v| v.to_string()).unwrap_or_default()
+            payload::to_json_value(&expected)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
         )))
     }
 }
@@ -120,8 +129,14 @@ fn writer_config(endpoints: &Endpoints) -> anyhow::Result<Config> {
         ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
         ("PONIX_CLICKHOUSE_USERNAME", endpoints.username.clone()),
         ("PONIX_CLICKHOUSE_PASSWORD", endpoints.password.clone()),
-        ("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH", endpoints.goose_binary.display().to_string()),
-        ("PONIX_CLICKHOUSE_MIGRATIONS_DIR", endpoints.migrations_dir.display().to_string()),
+        (
+            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+            endpoints.goose_binary.display().to_string(),
+        ),
+        (
+            "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
+            endpoints.migrations_dir.display().to_string(),
+        ),
     ];
     Config::from_vars(vars.into_iter().map(|(key, value)| (key.to_owned(), value)))
         .map_err(|err| anyhow::anyhow!("{err}"))

@@ -10,7 +10,9 @@ use xshell::Shell;
 
 use crate::compose::{self, ComposeBackend};
 use crate::dev::Backend;
+use crate::drill;
 use crate::flags;
+use crate::fuzz;
 use crate::lint;
 use crate::steps::{Steps, libtest_totals, run_teed};
 use crate::tools;
@@ -59,6 +61,12 @@ impl flags::E2e {
         steps.run("workspace tests", || workspace_tests(&layout, &env()?));
         steps.run("struct-json round-trips", || package_test("roundtrip"));
         steps.run("pipeline", || package_test("pipeline"));
+        steps.run("drills", || {
+            drill::run_all(sh, &layout, &env()?, DRILL_MESSAGES)
+        });
+        steps.run("fuzz (short run)", || {
+            fuzz::short_run(sh, &layout, FUZZ_SECONDS)
+        });
 
         if let Some(mut infra) = infra.take() {
             if steps.failed() {
@@ -183,9 +191,15 @@ fn chdb_endpoint_tests(layout: &Layout) -> anyhow::Result<String> {
     Ok(summary)
 }
 
+/// Envelopes per drill under e2e: enough for every fault to land mid-stream, small
+/// enough for CI; `cargo xtask drill all` defaults to 10,000.
+const DRILL_MESSAGES: u64 = 2_000;
+/// A short fuzz run; `cargo xtask fuzz --seconds N` runs longer ones.
+const FUZZ_SECONDS: u64 = 60;
+
 /// Integration-test targets that run as e2e steps of their own, so the
 /// workspace step leaves them out.
-const STEP_TARGETS: &[&str] = &["migrations", "pipeline", "roundtrip"];
+const STEP_TARGETS: &[&str] = &["drills", "migrations", "pipeline", "roundtrip"];
 
 /// Unit, property, doc and integration tests of every crate, except the
 /// targets that are steps of their own.

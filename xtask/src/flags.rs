@@ -22,6 +22,20 @@ xflags::xflags! {
             optional --clickhouse engine: String
         }
 
+        /// Run the failure drills, each against a NATS and ClickHouse of its own, and print their table.
+        cmd drill {
+            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, or all.
+            required name: String
+            /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
+            optional --messages messages: u64
+        }
+
+        /// Fuzz the decode path (fuzz/, cargo-fuzz on stable) for a while; fails on a crash, naming the input.
+        cmd fuzz {
+            /// How long to run, in seconds (default 60).
+            optional --seconds seconds: u64
+        }
+
         /// Run the pipeline locally: infrastructure, migrations, the writer and its demo producer.
         cmd dev {
             /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
@@ -77,6 +91,8 @@ pub enum XtaskCmd {
     Tools(Tools),
     Up(Up),
     E2e(E2e),
+    Drill(Drill),
+    Fuzz(Fuzz),
     Dev(Dev),
     Down(Down),
     Image(Image),
@@ -95,6 +111,18 @@ pub struct Up {
 pub struct E2e {
     pub backend: Option<String>,
     pub clickhouse: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Drill {
+    pub name: String,
+
+    pub messages: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Fuzz {
+    pub seconds: Option<u64>,
 }
 
 #[derive(Debug)]

@@ -6,13 +6,16 @@
 mod compose;
 mod dev;
 mod down;
+mod drill;
 mod e2e;
 mod flags;
+mod fuzz;
 mod image;
 mod lint;
 mod pins;
 mod steps;
 mod tools;
+mod tools_fuzz;
 mod tools_lint;
 mod up;
 
@@ -37,6 +40,8 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::Tools(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Up(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Down(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Drill(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Fuzz(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Dev(cmd) => cmd.run(&sh),
         flags::XtaskCmd::E2e(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Image(cmd) => cmd.run(&sh),

@@ -35,6 +35,7 @@ pub fn install_all(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
     install_python_env(sh, layout).context("installing the chDB endpoint's virtualenv")?;
     crate::tools_lint::install_linters(sh, layout, &pins)
         .context("installing the deploy-file linters")?;
+    crate::tools_fuzz::install_cargo_fuzz(sh, layout, &pins).context("installing cargo-fuzz")?;
     eprintln!("tools ready in {}", layout.tools_dir().display());
     Ok(())
 }

@@ -38,9 +38,18 @@ fn load_dir(dir: &Path, valid: bool) -> anyhow::Result<Vec<Fixture>> {
     paths.sort();
     paths
         .into_iter()
-        .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "bin")))
+        .filter(|path| {
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("json" | "bin")
+            )
+        })
         .map(|path| {
-            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let bytes = if path.extension().is_some_and(|ext| ext == "bin") {
                 std::fs::read(&path)?
             } else {
@@ -80,11 +89,20 @@ pub fn encode_json_mapping(text: &str) -> anyhow::Result<ProcessedEnvelope> {
 }
 
 fn string(key: &str, value: &Value) -> anyhow::Result<String> {
-    value.as_str().map(str::to_owned).with_context(|| format!("field {key} must be a string"))
+    value
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("field {key} must be a string"))
 }
 
 fn timestamp(key: &str, value: &Value) -> anyhow::Result<Timestamp> {
-    let text = value.as_str().with_context(|| format!("field {key} must be an RFC 3339 string"))?;
-    let parsed = DateTime::parse_from_rfc3339(text).with_context(|| format!("field {key}: {text:?}"))?;
-    Ok(Timestamp { seconds: parsed.timestamp(), nanos: parsed.timestamp_subsec_nanos() as i32 })
+    let text = value
+        .as_str()
+        .with_context(|| format!("field {key} must be an RFC 3339 string"))?;
+    let parsed =
+        DateTime::parse_from_rfc3339(text).with_context(|| format!("field {key}: {text:?}"))?;
+    Ok(Timestamp {
+        seconds: parsed.timestamp(),
+        nanos: parsed.timestamp_subsec_nanos() as i32,
+    })
 }

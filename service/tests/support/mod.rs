@@ -15,7 +15,11 @@ use testkit::Endpoints;
 
 /// Polls `probe` until it yields `Some`, or fails after `timeout` with the last
 /// state it saw. The one way these tests wait: on a condition, never a sleep.
-pub async fn wait_for<T, S, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+pub async fn wait_for<T, S, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> anyhow::Result<T>
 where
     S: std::fmt::Debug,
     F: FnMut() -> Fut,
@@ -45,18 +49,22 @@ pub async fn wait_until_drained(
     consumer: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    wait_for("consumer drained (pending = 0, ack pending = 0)", timeout, || async {
-        let mut consumer: jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(consumer, stream)
-            .await
-            .with_context(|| format!("looking up consumer {consumer} on {stream}"))?;
-        let info = consumer.info().await?;
-        Ok(if info.num_pending == 0 && info.num_ack_pending == 0 {
-            Ok(())
-        } else {
-            Err((info.num_pending, info.num_ack_pending))
-        })
-    })
+    wait_for(
+        "consumer drained (pending = 0, ack pending = 0)",
+        timeout,
+        || async {
+            let mut consumer: jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream(consumer, stream)
+                .await
+                .with_context(|| format!("looking up consumer {consumer} on {stream}"))?;
+            let info = consumer.info().await?;
+            Ok(if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err((info.num_pending, info.num_ack_pending))
+            })
+        },
+    )
     .await
 }
 
@@ -76,8 +84,14 @@ pub fn clickhouse(endpoints: &Endpoints, database: &str) -> Client {
 /// Drops and recreates `database`, so a run starts from an empty one.
 pub async fn fresh_database(endpoints: &Endpoints, database: &str) -> anyhow::Result<()> {
     let client = clickhouse(endpoints, "default");
-    client.query(&format!("DROP DATABASE IF EXISTS {database}")).execute().await?;
-    client.query(&format!("CREATE DATABASE {database}")).execute().await?;
+    client
+        .query(&format!("DROP DATABASE IF EXISTS {database}"))
+        .execute()
+        .await?;
+    client
+        .query(&format!("CREATE DATABASE {database}"))
+        .execute()
+        .await?;
     Ok(())
 }
 

@@ -21,12 +21,17 @@ pub struct WriterProcess {
 impl WriterProcess {
     /// Starts `ponix-writer` against `endpoints`, with `vars` on top (they win),
     /// and waits until `/readyz` answers 200.
-    pub async fn start(name: &str, endpoints: &Endpoints, vars: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub async fn start(
+        name: &str,
+        endpoints: &Endpoints,
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let http_port = net::free_port()?;
         let logs = Layout::workspace().logs_dir();
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_ponix-writer"));
         // Only what the test sets: nothing leaks in from the developer's shell.
@@ -38,7 +43,10 @@ impl WriterProcess {
             .env("PONIX_CLICKHOUSE_URL", &endpoints.clickhouse_url)
             .env("PONIX_CLICKHOUSE_USERNAME", &endpoints.username)
             .env("PONIX_CLICKHOUSE_PASSWORD", &endpoints.password)
-            .env("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH", &endpoints.goose_binary)
+            .env(
+                "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+                &endpoints.goose_binary,
+            )
             .env("PONIX_CLICKHOUSE_MIGRATIONS_DIR", &endpoints.migrations_dir)
             .env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("PONIX_LOG_LEVEL", "info,ponix_writer=debug");
@@ -52,7 +60,11 @@ impl WriterProcess {
             .kill_on_drop(true)
             .spawn()
             .context("starting ponix-writer")?;
-        let mut writer = WriterProcess { child, http_port, log };
+        let mut writer = WriterProcess {
+            child,
+            http_port,
+            log,
+        };
         writer.wait_ready().await?;
         Ok(writer)
     }
@@ -82,7 +94,10 @@ impl WriterProcess {
         testkit::localenv::process::terminate(pid)?;
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => Ok(status?),
-            Err(_) => bail!("ponix-writer did not exit within {timeout:?} of SIGTERM:\n{}", self.log_tail(40)),
+            Err(_) => bail!(
+                "ponix-writer did not exit within {timeout:?} of SIGTERM:\n{}",
+                self.log_tail(40)
+            ),
         }
     }
 

@@ -362,11 +362,17 @@ pub fn dump_logs(layout: &Layout) {
     let Ok(entries) = fs::read_dir(layout.logs_dir()) else {
         return;
     };
-    let mut logs: Vec<PathBuf> = entries.filter_map(|entry| Some(entry.ok()?.path())).collect();
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .collect();
     logs.retain(|path| path.extension().is_some_and(|ext| ext == "log"));
     logs.sort();
     for path in logs {
-        eprintln!("\n----- {} (last 60 lines) -----\n{}", path.display(), log_tail(&path, 60));
+        eprintln!(
+            "\n----- {} (last 60 lines) -----\n{}",
+            path.display(),
+            log_tail(&path, 60)
+        );
     }
 }
 

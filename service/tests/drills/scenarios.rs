@@ -1,0 +1,682 @@
+//! The drills. Each publishes envelopes with unique ids while a fault happens, waits
+//! until the consumer is drained, and reports what was stored and dead-lettered
+//! ([`crate::report`]). Faults start and end on conditions (rows stored, the writer's
+//! metrics and `/readyz`), never after a fixed sleep; only how long a fault lasts
+//! has a lower bound in time where the fault is defined by one (longer than AckWait,
+//! longer than the insert timeout).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::plan::Plan;
+use crate::report::Report;
+use crate::rig::{Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE, blocking};
+use crate::support::wait_for;
+use crate::writer::{Metrics, Writer, names};
+
+/// The longest wait for a fault's precondition (rows stored, failures seen).
+const FAULT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The longest wait for the drain: generous, for a loaded two-core machine.
+fn drain_timeout(published: u64) -> Duration {
+    Duration::from_secs(180 + published / 400)
+}
+
+/// Ids 1..=messages in three consecutive parts: before, during and after a fault.
+fn thirds(messages: u64) -> [std::ops::RangeInclusive<u64>; 3] {
+    let third = messages / 3;
+    [1..=third, third + 1..=2 * third, 2 * third + 1..=messages]
+}
+
+/// Waits until `condition` holds for the writer's metrics, scraping them.
+async fn wait_metrics(
+    writer: &mut Writer,
+    what: &str,
+    timeout: Duration,
+    condition: impl Fn(&Metrics) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metrics = writer.scrape()?;
+        if condition(metrics) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{what}: not reached within {timeout:?}; the writer's log ends with:\n{}",
+                writer.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn failed_inserts(metrics: &Metrics) -> u64 {
+    metrics.sum(names::INSERTS, "") - metrics.sum(names::INSERTS, "result=\"ok\"")
+}
+
+type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Publishing done, the consumer drained, the writer stopped with SIGTERM, and the
+/// count: the common end of every drill. `fault_over` is when the last fault ended.
+async fn finish(
+    rig: &mut Rig,
+    plan: &Plan,
+    publishing: Vec<Publishing>,
+    writer: Writer,
+    mut totals: Metrics,
+    fault_over: Instant,
+) -> anyhow::Result<Report> {
+    for publisher in publishing {
+        publisher
+            .await
+            .context("the publisher panicked")?
+            .context("publishing")?;
+    }
+    if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
+        bail!(
+            "{err:#}\nthe writer's log ends with:\n{}\n{}",
+            writer.log_tail(40),
+            rig.infra_log_tails()
+        );
+    }
+    let drain = fault_over.elapsed();
+    let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
+    totals.add(&metrics);
+    let mut report = rig.report(plan, &totals, drain).await?;
+    report.require(
+        status.success(),
+        format!("the writer exited with {status} after SIGTERM"),
+    );
+    Ok(report)
+}
+
+/// clickhouse-down: ClickHouse stops mid-stream for longer than AckWait and comes back
+/// on the same data. The writer NAKs with backoff meanwhile; everything lands once.
+pub async fn clickhouse_down(messages: u64) -> anyhow::Result<Report> {
+    let name = "clickhouse-down";
+    let mut rig = Rig::new(name, &[], Schema::Current).await?;
+    let ack_wait = rig.seconds("PONIX_NATS_ACK_WAIT_SECS");
+    let plan = Plan::valid(name, messages);
+    let [first, second, third] = thirds(messages);
+    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    rig.start_publishing(&plan, first.clone(), None).await??;
+    rig.wait_rows(*first.end(), FAULT_TIMEOUT).await?;
+
+    let before = writer.scrape()?.clone();
+    let publisher = rig.publisher();
+    let down_since = Instant::now();
+    let stopped = blocking(|| rig.clickhouse.stop())?;
+    // Published while ClickHouse is down; the writer takes them and cannot store them.
+    let during = publisher.start(&plan, second, None);
+    let waited = wait_metrics(
+        &mut writer,
+        "inserts failing and messages NAKed while ClickHouse is down",
+        FAULT_TIMEOUT,
+        |m| {
+            failed_inserts(m) >= failed_inserts(&before) + 2
+                && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
+                && down_since.elapsed() >= ack_wait * 2
+        },
+    )
+    .await;
+    blocking(|| stopped.start())?;
+    waited?;
+    let down_for = down_since.elapsed();
+    rig.stop_merges().await?;
+    let after = rig.start_publishing(&plan, third, None);
+
+    let fault_over = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        vec![during, after],
+        writer,
+        Metrics::default(),
+        fault_over,
+    )
+    .await?;
+    report.note(format!(
+        "ClickHouse down {:.1}s (AckWait {:.0}s), {} failed inserts",
+        down_for.as_secs_f64(),
+        ack_wait.as_secs_f64(),
+        report.insert_failures
+    ));
+    report.require(
+        report.insert_failures > 0,
+        "no insert failed while ClickHouse was down",
+    );
+    report.require(
+        report.naks > 0,
+        "nothing was NAKed while ClickHouse was down",
+    );
+    report.require(report.redeliveries > 0, "no redelivery was observed");
+    Ok(report)
+}
+
+/// clickhouse-hang: ClickHouse is frozen (SIGSTOP) for longer than the insert
+/// timeout, then resumed. Inserts time out and are NAKed; an INSERT the writer gave up
+/// on may still commit when ClickHouse resumes, and its redelivery must not duplicate.
+pub async fn clickhouse_hang(messages: u64) -> anyhow::Result<Report> {
+    let name = "clickhouse-hang";
+    let mut rig = Rig::new(
+        name,
+        &[("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "2")],
+        Schema::Current,
+    )
+    .await?;
+    let insert_timeout = rig.seconds("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS");
+    let plan = Plan::valid(name, messages);
+    let [first, second, third] = thirds(messages);
+    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    rig.start_publishing(&plan, first.clone(), None).await??;
+    rig.wait_rows(*first.end(), FAULT_TIMEOUT).await?;
+
+    let before = writer.scrape()?.clone();
+    let frozen_since = Instant::now();
+    let frozen = blocking(|| rig.clickhouse.freeze())?;
+    let during = rig.start_publishing(&plan, second, None);
+    let waited = wait_metrics(
+        &mut writer,
+        "inserts timing out while ClickHouse is frozen",
+        FAULT_TIMEOUT,
+        |m| {
+            failed_inserts(m) >= failed_inserts(&before) + 2
+                && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
+                && frozen_since.elapsed() >= insert_timeout * 2
+        },
+    )
+    .await;
+    drop(frozen);
+    waited?;
+    let frozen_for = frozen_since.elapsed();
+    let after = rig.start_publishing(&plan, third, None);
+
+    let fault_over = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        vec![during, after],
+        writer,
+        Metrics::default(),
+        fault_over,
+    )
+    .await?;
+    report.note(format!(
+        "ClickHouse frozen {:.1}s (insert timeout {:.0}s), {} failed inserts",
+        frozen_for.as_secs_f64(),
+        insert_timeout.as_secs_f64(),
+        report.insert_failures
+    ));
+    report.require(
+        report.insert_failures > 0,
+        "no insert timed out while ClickHouse was frozen",
+    );
+    report.require(
+        report.naks > 0,
+        "nothing was NAKed while ClickHouse was frozen",
+    );
+    report.require(report.redeliveries > 0, "no redelivery was observed");
+    Ok(report)
+}
+
+/// nats-restart: nats-server is restarted mid-stream on the same store directory,
+/// once gracefully (SIGTERM) and once as a crash (SIGKILL). The writer reconnects;
+/// acks lost on the way cause redeliveries, which must not duplicate.
+pub async fn nats_restart(messages: u64) -> anyhow::Result<Report> {
+    let name = "nats-restart";
+    let mut rig = Rig::new(name, &[], Schema::Current).await?;
+    let plan = Plan::valid(name, messages);
+    let [first, second, third] = thirds(messages);
+    let writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    rig.start_publishing(&plan, first, None).await??;
+
+    let mut outages = Vec::new();
+    let mut publishing = Vec::new();
+    for (ids, crash) in [(second, false), (third, true)] {
+        // Mid-stream: the writer is busy with what came before, and the publisher
+        // (retrying until JetStream acknowledges) with the next part.
+        rig.wait_rows(*ids.start() - 1, FAULT_TIMEOUT).await?;
+        let old_pid = rig.nats.pid();
+        let publisher = rig.publisher();
+        publishing.push(publisher.start(&plan, ids, None));
+        let since = Instant::now();
+        let stopped = blocking(|| {
+            if crash {
+                rig.nats.kill()
+            } else {
+                rig.nats.stop()
+            }
+        })?;
+        // The writer must notice: /readyz names the NATS connection while it is down.
+        let noticed = wait_for(
+            "the writer's /readyz reporting NATS down",
+            Duration::from_secs(60),
+            || {
+                let ready = writer.readyz();
+                async move {
+                    Ok(match ready {
+                        Some((503, body)) if body.contains("nats") => Ok(body),
+                        other => Err(other),
+                    })
+                }
+            },
+        )
+        .await;
+        blocking(|| stopped.start())?;
+        noticed?;
+        ensure!(rig.nats.pid() != old_pid, "nats-server was not restarted");
+        outages.push(format!(
+            "{} after {} rows, down {:.1}s",
+            if crash { "SIGKILL" } else { "SIGTERM" },
+            rig.progress.rows(),
+            since.elapsed().as_secs_f64()
+        ));
+    }
+
+    let fault_over = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        publishing,
+        writer,
+        Metrics::default(),
+        fault_over,
+    )
+    .await?;
+    report.note(format!(
+        "nats-server restarted twice ({}); the writer reported each outage on /readyz; {} acks unconfirmed",
+        outages.join(", "),
+        report.ack_failures
+    ));
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// As soon as the stored rows passed a random mark.
+    Random,
+    /// During start-up: after the HTTP endpoint answers, before the writer is ready.
+    Startup,
+    /// While an INSERT runs on the server: the writer is frozen, the INSERT is left to
+    /// finish, then the writer is killed. If the INSERT committed, its messages were
+    /// stored and never acknowledged.
+    MidInsert,
+}
+
+/// writer-kill: SIGKILL the writer many times at random points and restart it,
+/// including between a committed INSERT and its acks.
+pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
+    let name = "writer-kill";
+    // Small batches: many INSERTs, so many points to kill at.
+    let mut rig = Rig::new(name, &[("PONIX_NATS_BATCH_SIZE", "100")], Schema::Current).await?;
+    let plan = Plan::valid(name, messages);
+    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    // At most three batches ahead of the rows stored, so that publishing goes on
+    // until the last kill.
+    let publishing = rig.start_publishing(&plan, 1..=plan.total, Some(300));
+
+    use Kill::*;
+    let planned = [
+        Random, MidInsert, Random, Startup, MidInsert, Random, MidInsert, Random,
+    ];
+    const EXTRA_ATTEMPTS: usize = 12;
+    let spacing = (messages / (planned.len() as u64 + 2)).max(1);
+    let mut totals = Metrics::default();
+    let mut kills = Vec::new();
+    let mut committed_unacked = 0u32;
+    let mut kill_points = Vec::new();
+    for (index, kind) in planned
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(MidInsert, EXTRA_ATTEMPTS))
+        .enumerate()
+    {
+        if index >= planned.len() && committed_unacked > 0 {
+            break;
+        }
+        if index < planned.len() {
+            let mark = (index as u64 + 1) * spacing + fastrand::u64(0..=spacing / 2);
+            rig.wait_rows(mark.min(messages * 9 / 10), FAULT_TIMEOUT)
+                .await?;
+        }
+        match kind {
+            Random => {
+                writer.scrape_or_keep();
+                kill_points.push(rig.progress.rows());
+                totals.add(&writer.kill().await?);
+            }
+            Startup => {
+                writer.scrape_or_keep();
+                totals.add(&writer.kill().await?);
+                let starting = Writer::spawn(&rig.vars, &rig.log)?;
+                let port = starting.http_port;
+                wait_for(
+                    "the restarted writer's /healthz",
+                    Duration::from_secs(60),
+                    || async move {
+                        Ok(match testkit::localenv::net::http_get(port, "/healthz") {
+                            Ok(response) if response.status == 200 => Ok(()),
+                            other => Err(other.map(|r| r.status).map_err(|e| e.to_string())),
+                        })
+                    },
+                )
+                .await?;
+                starting.kill().await?;
+            }
+            MidInsert => {
+                let Some(outcome) = kill_mid_insert(&rig, &mut writer).await? else {
+                    // No INSERT ran any more: the stream is consumed.
+                    break;
+                };
+                committed_unacked += u32::from(outcome.committed);
+                totals.add(&writer.kill().await?);
+            }
+        }
+        kills.push(kind);
+        writer = Writer::start(&rig.vars, &rig.log).await?;
+    }
+
+    let fault_over = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        vec![publishing],
+        writer,
+        totals,
+        fault_over,
+    )
+    .await?;
+    let count = |k: Kill| kills.iter().filter(|x| **x == k).count();
+    report.note(format!(
+        "{} SIGKILLs ({} random, {} during start-up, {} mid-INSERT), {} between a committed INSERT and its acks",
+        kills.len(),
+        count(Random),
+        count(Startup),
+        count(MidInsert),
+        committed_unacked
+    ));
+    report.require(
+        kills.len() >= planned.len(),
+        format!("only {} of {} kills happened", kills.len(), planned.len()),
+    );
+    report.require(
+        committed_unacked > 0,
+        "no kill landed between a committed INSERT and its acks",
+    );
+    report.require(
+        report.redeliveries > 0,
+        "no redelivery was observed after the kills",
+    );
+    // The proof that the window was hit: rows that were committed, not acknowledged,
+    // delivered again and inserted a second time.
+    report.require(
+        report.reinserted > 0,
+        "no committed row came back to be inserted again",
+    );
+    Ok(report)
+}
+
+struct MidInsert {
+    /// The INSERT committed while the writer was frozen, so its acks never went out.
+    committed: bool,
+}
+
+/// Waits for an INSERT of the writer to be running on the server, freezes the writer,
+/// lets the INSERT finish, and reports whether it committed. `None` if no INSERT ran
+/// within a while (nothing left to consume).
+async fn kill_mid_insert(rig: &Rig, writer: &mut Writer) -> anyhow::Result<Option<MidInsert>> {
+    const RUNNING: &str = "SELECT count() FROM system.processes \
+        WHERE query_kind = 'Insert' AND query LIKE '%processed_envelopes%'";
+    // One snapshot: is an INSERT running, and how many rows are there without it.
+    let snapshot = format!(
+        "SELECT toUInt64(assumeNotNull(({RUNNING}) * 1000000000000 + (SELECT count() FROM {TABLE})))"
+    );
+    // Scraped first: once an INSERT is seen, the writer is frozen at once.
+    writer.scrape_or_keep();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows_before = loop {
+        let seen = rig.number(&snapshot).await?;
+        if seen >= 1_000_000_000_000 {
+            break seen % 1_000_000_000_000;
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    writer.freeze()?;
+    // The frozen writer cannot send the rest of a body; the server then waits for it,
+    // so do not wait for that INSERT forever.
+    let _ = wait_for("the INSERT to finish", Duration::from_secs(10), || async {
+        let running = rig.number(RUNNING).await?;
+        Ok(if running == 0 { Ok(()) } else { Err(running) })
+    })
+    .await;
+    let rows_after = rig.rows().await?;
+    Ok(Some(MidInsert {
+        committed: rows_after > rows_before,
+    }))
+}
+
+/// poison: 1% of the envelopes are undecodable or invalid (five kinds). Every valid
+/// one is stored; every invalid one is on the dead-letter stream with its reason,
+/// delivered at most twice.
+pub async fn poison(messages: u64) -> anyhow::Result<Report> {
+    let name = "poison";
+    let mut rig = Rig::new(name, &[], Schema::Current).await?;
+    let plan = Plan::with_one_percent_invalid(name, messages);
+    let writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    let publishing = rig.start_publishing(&plan, 1..=plan.total, None);
+    let started = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        vec![publishing],
+        writer,
+        Metrics::default(),
+        started,
+    )
+    .await?;
+    let counted = report.metrics_dead_lettered;
+    report.note(format!(
+        "{} invalid injected (5 kinds); the writer counted {counted} dead letters",
+        plan.invalid.len()
+    ));
+    report.require(
+        counted == plan.invalid.len() as u64,
+        format!(
+            "the writer's dead_lettered_total is {counted}, not {}",
+            plan.invalid.len()
+        ),
+    );
+    Ok(report)
+}
+
+/// schema-drift: the writer runs against a table whose schema does not match, first a
+/// missing column (the last migration not applied, migrations switched off in the
+/// writer), then a renamed one. Inserts fail as permanent errors; the writer says so
+/// in its log and on /readyz and keeps every message in the stream (NAKed with the
+/// longest backoff: nothing stored, nothing dead-lettered). Fixing the table (goose
+/// `up`, then an ALTER) lets the backlog drain without a restart.
+pub async fn schema_drift(messages: u64) -> anyhow::Result<Report> {
+    let name = "schema-drift";
+    let mut rig = Rig::new(
+        name,
+        &[("PONIX_CLICKHOUSE_MIGRATIONS_ENABLED", "false")],
+        Schema::UpTo(VERSION_BEFORE_STREAM_SEQUENCE),
+    )
+    .await?;
+    let plan = Plan::valid(name, messages);
+    let half = messages / 2;
+    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    let mut evidence = Vec::new();
+
+    // Phase 1: a missing column, fixed by the migration.
+    rig.start_publishing(&plan, 1..=half, None).await??;
+    let before = writer.scrape()?.clone();
+    expect_permanent_errors(&rig, &mut writer, &before, half, 0).await?;
+    evidence.push(
+        "missing column: permanent errors, 0 stored, 0 dead-lettered, then `goose up`".to_owned(),
+    );
+    rig.goose(&["up"])?;
+    rig.wait_drained(drain_timeout(half)).await?;
+
+    // Phase 2: a renamed column, fixed by renaming it back. The table the migration
+    // rebuilt merges (RENAME COLUMN would wait for merges to be allowed); nothing is
+    // re-inserted in this drill, so there are no copies to keep countable.
+    let stored_after_phase_1 = rig.rows().await?;
+    rig.execute(&format!(
+        "ALTER TABLE {TABLE} RENAME COLUMN data TO payload"
+    ))
+    .await?;
+    let publishing = rig.start_publishing(&plan, half + 1..=plan.total, None);
+    let before = writer.scrape()?.clone();
+    expect_permanent_errors(
+        &rig,
+        &mut writer,
+        &before,
+        plan.total - half,
+        stored_after_phase_1,
+    )
+    .await?;
+    rig.execute(&format!(
+        "ALTER TABLE {TABLE} RENAME COLUMN payload TO data"
+    ))
+    .await?;
+    evidence.push("renamed column: the same, then ALTER back".to_owned());
+
+    let fault_over = Instant::now();
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        vec![publishing],
+        writer,
+        Metrics::default(),
+        fault_over,
+    )
+    .await?;
+    report.note(evidence.join("; "));
+    report.require(report.redeliveries > 0, "no redelivery was observed");
+    Ok(report)
+}
+
+/// While the schema is wrong: inserts fail as permanent (destination) errors, the
+/// messages are NAKed for that reason, the writer is not ready and logs the error,
+/// nothing more is stored or dead-lettered, and every message is still in the stream.
+async fn expect_permanent_errors(
+    rig: &Rig,
+    writer: &mut Writer,
+    before: &Metrics,
+    published: u64,
+    rows_before: u64,
+) -> anyhow::Result<()> {
+    const PERMANENT: &str = "result=\"permanent_destination\"";
+    const NAKED: &str = "reason=\"permanent_destination\"";
+    wait_metrics(
+        writer,
+        "permanent insert errors, the messages NAKed",
+        FAULT_TIMEOUT,
+        |m| {
+            m.sum(names::INSERTS, PERMANENT) >= before.sum(names::INSERTS, PERMANENT) + 3
+                && m.sum(names::NAKS, NAKED) > before.sum(names::NAKS, NAKED)
+        },
+    )
+    .await?;
+    match writer.readyz() {
+        Some((503, body)) if body.contains("permanent store error") => {}
+        other => bail!("/readyz does not report the permanent store error: {other:?}"),
+    }
+    let log = std::fs::read_to_string(&rig.log)?;
+    ensure!(
+        log.contains("permanent store error") && log.contains("until the schema is fixed"),
+        "the writer's log does not report the permanent store error"
+    );
+    let rows = rig.rows().await?;
+    ensure!(
+        rows == rows_before,
+        "{} rows were stored while the schema was wrong",
+        rows - rows_before
+    );
+    let dead_letters = rig
+        .js
+        .get_stream("DRILL_DEAD_LETTERS")
+        .await?
+        .get_info()
+        .await?
+        .state
+        .messages;
+    ensure!(
+        dead_letters == 0,
+        "{dead_letters} messages were dead-lettered while the schema was wrong"
+    );
+    let (pending, ack_pending) = rig.consumer_backlog().await?;
+    ensure!(
+        pending + ack_pending >= published,
+        "only {} of {published} messages are still pending in the stream",
+        pending + ack_pending
+    );
+    Ok(())
+}
+
+/// backlog: 20 × N envelopes (200,000 at the default N) are published before the
+/// writer starts; all are stored, and the writer's peak RSS stays bounded.
+pub async fn backlog(messages: u64) -> anyhow::Result<Report> {
+    const PEAK_RSS_LIMIT_MIB: u64 = 256;
+    let name = "backlog";
+    // The production defaults for the consumer: this is about volume, not faults.
+    let mut rig = Rig::new(
+        name,
+        &[
+            ("PONIX_NATS_ACK_WAIT_SECS", "30"),
+            ("PONIX_NATS_BATCH_WAIT_SECS", "1"),
+            ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "500"),
+            ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "30000"),
+            ("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "30"),
+            ("PONIX_LOG_LEVEL", "info"),
+        ],
+        Schema::Current,
+    )
+    .await?;
+    // No copies to count here; let the table merge as it would in production.
+    rig.start_merges().await?;
+    let plan = Plan::valid(name, messages * 20);
+    let publish_started = Instant::now();
+    rig.start_publishing(&plan, 1..=plan.total, None).await??;
+    let publish_took = publish_started.elapsed();
+
+    let started = Instant::now();
+    let writer = Writer::start(&rig.vars, &rig.log).await?;
+    rig.start_monitor();
+    rig.wait_drained(drain_timeout(plan.total))
+        .await
+        .with_context(|| writer.log_tail(30))?;
+    let peak_kib = writer.peak_rss_kib()?;
+    let mut report = finish(
+        &mut rig,
+        &plan,
+        Vec::new(),
+        writer,
+        Metrics::default(),
+        started,
+    )
+    .await?;
+    let peak_mib = peak_kib / 1024;
+    report.note(format!(
+        "published in {:.1}s before the writer started; drained at {:.0} rows/s; writer peak RSS {peak_mib} MiB (VmHWM)",
+        publish_took.as_secs_f64(),
+        plan.total as f64 / report.drain.as_secs_f64().max(0.001)
+    ));
+    report.require(
+        peak_mib <= PEAK_RSS_LIMIT_MIB,
+        format!("peak RSS {peak_mib} MiB is above {PEAK_RSS_LIMIT_MIB} MiB"),
+    );
+    Ok(report)
+}

@@ -1,0 +1,293 @@
+//! `cargo xtask drill <name>|all [--messages N]`: the failure drills, also a step of
+//! `cargo xtask e2e` ([`run_all`]).
+//!
+//! The drills live in the service's `drills` test binary (`service/tests/drills.rs`),
+//! where the writer binary and its crates are at hand; xtask runs it one drill at a
+//! time (`--test-threads=1`: they load the machine and time their faults by it) and
+//! turns the `drill-row` line each drill prints into a table. Each drill starts a NATS
+//! and a ClickHouse of its own, so nothing else running on the machine is disturbed;
+//! it needs the tools (`cargo xtask tools`), not `cargo xtask up`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+use xshell::Shell;
+
+use crate::flags;
+
+/// Every drill, in the order `all` runs them.
+pub const DRILLS: &[&str] = &[
+    "clickhouse-down",
+    "clickhouse-hang",
+    "nats-restart",
+    "writer-kill",
+    "poison",
+    "schema-drift",
+    "backlog",
+];
+
+/// Envelopes per drill unless `--messages` says otherwise (the drills' own default).
+pub const DEFAULT_MESSAGES: u64 = 10_000;
+
+/// What each drill prints, after this prefix and a tab.
+const ROW_PREFIX: &str = "drill-row";
+const HEADERS: [&str; 12] = [
+    "drill",
+    "result",
+    "published",
+    "stored",
+    "missing",
+    "duplicates",
+    "dead-lettered",
+    "redeliveries",
+    "NAKs",
+    "re-inserted",
+    "drain",
+    "evidence",
+];
+
+impl flags::Drill {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let layout = Layout::new(&sh.current_dir());
+        for (tool, path) in [
+            ("goose", layout.goose()),
+            ("nats-server", layout.nats_server()),
+            ("the chDB virtualenv", layout.venv_python()),
+        ] {
+            if !path.exists() {
+                bail!(
+                    "{tool} is missing at {}: run `cargo xtask tools`",
+                    path.display()
+                );
+            }
+        }
+        let messages = self.messages.unwrap_or(DEFAULT_MESSAGES);
+        let selected: Vec<&str> = match self.name.as_str() {
+            "all" => DRILLS.to_vec(),
+            name if DRILLS.contains(&name) => vec![name],
+            other => bail!(
+                "unknown drill {other:?}: expected `all` or one of {}",
+                DRILLS.join(", ")
+            ),
+        };
+        let env = [
+            (
+                "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+                layout.goose().display().to_string(),
+            ),
+            (
+                "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
+                layout.migrations_dir().display().to_string(),
+            ),
+        ];
+        let figure = run_drills(sh, &layout, &env, messages, &selected)?;
+        println!("\ndrill: {figure}");
+        Ok(())
+    }
+}
+
+/// Every drill with `messages` envelopes each, as an e2e step: prints the table and
+/// returns the step's key figure; fails if any drill failed.
+pub fn run_all(
+    sh: &Shell,
+    layout: &Layout,
+    env: &[(&'static str, String)],
+    messages: u64,
+) -> anyhow::Result<String> {
+    run_drills(sh, layout, env, messages, DRILLS)
+}
+
+fn run_drills(
+    _sh: &Shell,
+    layout: &Layout,
+    env: &[(&'static str, String)],
+    messages: u64,
+    selected: &[&str],
+) -> anyhow::Result<String> {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(&layout.root)
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "ponix-writer",
+            "--test",
+            "drills",
+            "--",
+        ])
+        .arg("--test-threads=1");
+    if let [one] = selected {
+        cargo.args(["--exact", one]);
+    }
+    cargo.envs(env.iter().map(|(key, value)| (*key, value)));
+    cargo
+        .env("PONIX_DRILLS", "1")
+        .env("PONIX_DRILL_MESSAGES", messages.to_string());
+    let (success, output) = run_showing_output(cargo)?;
+
+    let rows = parse_rows(&output);
+    print!("{}", table(&rows));
+    let _ = std::io::stdout().flush();
+    let missing: Vec<&str> = selected
+        .iter()
+        .copied()
+        .filter(|name| !rows.iter().any(|row| row[0] == *name))
+        .collect();
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|row| row[1] != "ok")
+        .map(|row| row[0].as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("drills failed: {}", failed.join(", "));
+    }
+    if !missing.is_empty() {
+        bail!("drills that reported nothing: {}", missing.join(", "));
+    }
+    if !success {
+        bail!("the drills binary failed (see its output above)");
+    }
+    Ok(key_figure(&rows, messages))
+}
+
+/// "7 drills passed (N = 2000): 0 missing, 0 duplicates, 1,234 re-inserts merged away".
+fn key_figure(rows: &[Vec<String>], messages: u64) -> String {
+    let sum = |column: usize| -> u64 {
+        rows.iter()
+            .filter_map(|row| row.get(column)?.parse::<u64>().ok())
+            .sum()
+    };
+    format!(
+        "{} drill(s) passed (N = {messages}): {} missing, {} duplicates, {} re-inserts merged away",
+        rows.len(),
+        sum(4),
+        sum(5),
+        sum(9)
+    )
+}
+
+/// The `drill-row` lines of `output`, as fields (padded to the header count).
+fn parse_rows(output: &str) -> Vec<Vec<String>> {
+    output
+        .lines()
+        // libtest prints `test <name> ... ` before a drill's own output: find the
+        // prefix anywhere in the line.
+        .filter_map(|line| {
+            let start = line.find(&format!("{ROW_PREFIX}\t"))?;
+            Some(&line[start + ROW_PREFIX.len() + 1..])
+        })
+        .map(|fields| {
+            let mut row: Vec<String> = fields.split('\t').map(str::to_owned).collect();
+            row.resize(HEADERS.len(), String::new());
+            row
+        })
+        .collect()
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, field) in widths.iter_mut().zip(row) {
+            *width = (*width).max(field.chars().count());
+        }
+    }
+    let last = HEADERS.len() - 1;
+    let line = |fields: &[String]| -> String {
+        let mut out = String::new();
+        for (index, field) in fields.iter().enumerate() {
+            if index == last {
+                out.push_str(field);
+            } else if (2..=10).contains(&index) {
+                out.push_str(&format!("{field:>width$}  ", width = widths[index]));
+            } else {
+                out.push_str(&format!("{field:<width$}  ", width = widths[index]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let headers: Vec<String> = HEADERS.iter().map(|h| (*h).to_owned()).collect();
+    let mut out = String::from("\n");
+    out.push_str(&line(&headers));
+    out.push_str(&format!(
+        "{}\n",
+        "-".repeat(widths[..last].iter().map(|w| w + 2).sum::<usize>() + 8)
+    ));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// Runs `command` with its output shown live, and returns whether it succeeded and
+/// what it printed (stdout and stderr).
+fn run_showing_output(mut command: Command) -> anyhow::Result<(bool, String)> {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {description}"))?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let stderr_thread = std::thread::spawn(move || {
+        let mut captured = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            captured.push_str(&line);
+            captured.push('\n');
+        }
+        captured
+    });
+    let mut captured = String::new();
+    for line in BufReader::new(child.stdout.take().context("no stdout pipe")?).lines() {
+        let line = line?;
+        println!("{line}");
+        captured.push_str(&line);
+        captured.push('\n');
+    }
+    captured.push_str(&stderr_thread.join().unwrap_or_default());
+    let status = child.wait()?;
+    Ok((status.success(), captured))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTPUT: &str = "running 2 tests\n\
+        test poison ... drill poison: 1000 messages\n\
+        test poison ... drill-row\tpoison\tok\t1000\t990\t0\t0\t10/10\t0\t0\t0\t0.2s\t10 invalid injected\n\
+        ok\n\
+        drill-row\twriter-kill\tFAILED\t\t\t\t\t\t\t\t\t\tno answer\n";
+
+    #[test]
+    fn rows_are_read_from_the_drill_output() {
+        let rows = parse_rows(OUTPUT);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0][0], "poison");
+        assert_eq!(rows[0][6], "10/10");
+        assert_eq!(rows[0][11], "10 invalid injected");
+        assert_eq!(rows[1][1], "FAILED");
+        assert_eq!(rows[1][11], "no answer");
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_one_line_per_drill() {
+        let text = table(&parse_rows(OUTPUT));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("drill "));
+        assert!(lines[2].starts_with("poison "));
+    }
+
+    #[test]
+    fn the_key_figure_sums_missing_duplicates_and_reinserts() {
+        let rows = parse_rows(OUTPUT);
+        assert_eq!(
+            key_figure(&rows[..1], 1000),
+            "1 drill(s) passed (N = 1000): 0 missing, 0 duplicates, 0 re-inserts merged away"
+        );
+    }
+}
