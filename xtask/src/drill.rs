@@ -8,14 +8,15 @@
 //! and a ClickHouse of its own, so nothing else running on the machine is disturbed;
 //! it needs the tools (`cargo xtask tools`), not `cargo xtask up`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use localenv::Layout;
 use xshell::Shell;
 
 use crate::flags;
+use crate::steps::run_showing_output;
 
 /// Every drill, in the order `all` runs them.
 pub const DRILLS: &[&str] = &[
@@ -219,37 +220,6 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push_str(&line(row));
     }
     out
-}
-
-/// Runs `command` with its output shown live, and returns whether it succeeded and
-/// what it printed (stdout and stderr).
-fn run_showing_output(mut command: Command) -> anyhow::Result<(bool, String)> {
-    let description = format!("{command:?}");
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {description}"))?;
-    let stderr = child.stderr.take().context("no stderr pipe")?;
-    let stderr_thread = std::thread::spawn(move || {
-        let mut captured = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            captured.push_str(&line);
-            captured.push('\n');
-        }
-        captured
-    });
-    let mut captured = String::new();
-    for line in BufReader::new(child.stdout.take().context("no stdout pipe")?).lines() {
-        let line = line?;
-        println!("{line}");
-        captured.push_str(&line);
-        captured.push('\n');
-    }
-    captured.push_str(&stderr_thread.join().unwrap_or_default());
-    let status = child.wait()?;
-    Ok((status.success(), captured))
 }
 
 #[cfg(test)]

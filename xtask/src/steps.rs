@@ -143,8 +143,19 @@ fn first_line(text: &str) -> String {
 }
 
 /// Runs `command` with its output shown live (stdout and stderr both) and
-/// returns that output too, for counting results.
-pub fn run_teed(mut command: Command) -> anyhow::Result<String> {
+/// returns that output too, for counting results; fails if the command does.
+pub fn run_teed(command: Command) -> anyhow::Result<String> {
+    let description = format!("{command:?}");
+    let (success, output) = run_showing_output(command)?;
+    if !success {
+        bail!("{description} failed");
+    }
+    Ok(output)
+}
+
+/// Like [`run_teed`], but a failing command is not an error: returns whether it
+/// succeeded, with its output.
+pub fn run_showing_output(mut command: Command) -> anyhow::Result<(bool, String)> {
     let description = format!("{command:?}");
     let mut child = command
         .stdout(Stdio::piped())
@@ -170,10 +181,7 @@ pub fn run_teed(mut command: Command) -> anyhow::Result<String> {
     }
     captured.push_str(&stderr_thread.join().unwrap_or_default());
     let status = child.wait()?;
-    if !status.success() {
-        bail!("{description} failed with {status}");
-    }
-    Ok(captured)
+    Ok((status.success(), captured))
 }
 
 /// Sums libtest's `test result:` lines: (passed, failed, ignored).
