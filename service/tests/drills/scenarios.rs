@@ -59,7 +59,8 @@ fn failed_inserts(metrics: &Metrics) -> u64 {
 type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// Publishing done, the consumer drained, the writer stopped with SIGTERM, and the
-/// count: the common end of every drill. `fault_over` is when the last fault ended.
+/// count: the common end of every drill. `fault_over` is when the last fault ended;
+/// the drain is timed from then, or from the end of publishing if that came later.
 async fn finish(
     rig: &mut Rig,
     plan: &Plan,
@@ -74,6 +75,7 @@ async fn finish(
             .context("the publisher panicked")?
             .context("publishing")?;
     }
+    let drain_from = fault_over.max(Instant::now());
     if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
         bail!(
             "{err:#}\nthe writer's log ends with:\n{}\n{}",
@@ -81,7 +83,7 @@ async fn finish(
             rig.infra_log_tails()
         );
     }
-    let drain = fault_over.elapsed();
+    let drain = drain_from.elapsed();
     let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
     totals.add(&metrics);
     let mut report = rig.report(plan, &totals, drain).await?;
@@ -658,6 +660,7 @@ pub async fn backlog(messages: u64) -> anyhow::Result<Report> {
     rig.wait_drained(drain_timeout(plan.total))
         .await
         .with_context(|| writer.log_tail(30))?;
+    let drain = started.elapsed();
     let peak_kib = writer.peak_rss_kib()?;
     let mut report = finish(
         &mut rig,
@@ -668,6 +671,7 @@ pub async fn backlog(messages: u64) -> anyhow::Result<Report> {
         started,
     )
     .await?;
+    report.drain = drain;
     let peak_mib = peak_kib / 1024;
     report.note(format!(
         "published in {:.1}s before the writer started; drained at {:.0} rows/s; writer peak RSS {peak_mib} MiB (VmHWM)",
