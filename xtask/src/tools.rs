@@ -211,7 +211,7 @@ fn install_python_env(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
 }
 
 /// `binary flag` output, or `None` when the binary is missing or fails.
-fn installed_version(sh: &Shell, binary: &Path, flag: &str) -> Option<String> {
+pub(crate) fn installed_version(sh: &Shell, binary: &Path, flag: &str) -> Option<String> {
     if !binary.exists() {
         return None;
     }
@@ -223,7 +223,7 @@ fn installed_version(sh: &Shell, binary: &Path, flag: &str) -> Option<String> {
 }
 
 /// True when `output` names exactly `version` as a whole word (v3.3.0 ≠ v3.30.0).
-fn reports(output: &str, version: &str) -> bool {
+pub(crate) fn reports(output: &str, version: &str) -> bool {
     output
         .split(|c: char| c.is_whitespace() || c == ',')
         .any(|word| word == version)
@@ -245,6 +245,13 @@ mod tests {
         assert!(reports("nats-server: v2.15.2", "v2.15.2"));
         assert!(!reports("goose version: v3.30.0", "v3.3.0"));
         assert!(!reports("nats-server: v2.15.20", "v2.15.2"));
+        assert!(reports(
+            "v1.7.12\ninstalled by building from source\n",
+            "v1.7.12"
+        ));
+        assert!(reports("Haskell Dockerfile Linter 2.15.1\n", "2.15.1"));
+        assert!(reports("check-jsonschema, version 0.39.0\n", "0.39.0"));
+        assert!(!reports("v1.7.12", "v1.7.1"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `cargo xtask fuzz` runs it with `RUSTC_BOOTSTRAP=1`, so the stable toolchain accepts
 //! them and no nightly is needed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -14,6 +14,7 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
+use crate::tools::{installed_version, reports};
 
 pub const PIN: &str = "CARGO_FUZZ_VERSION";
 
@@ -34,7 +35,7 @@ pub fn cargo() -> std::ffi::OsString {
 pub fn install_cargo_fuzz(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {
     let version = pins.get(PIN)?;
     let binary = cargo_fuzz(layout);
-    if reported_version(sh, &binary).is_some_and(|out| crate::tools_lint::names(&out, version)) {
+    if installed_version(sh, &binary, "--version").is_some_and(|out| reports(&out, version)) {
         eprintln!("[tools] cargo-fuzz {version}: already installed");
         return Ok(());
     }
@@ -50,8 +51,8 @@ pub fn install_cargo_fuzz(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::R
     )
     .run()
     .context("`cargo install cargo-fuzz` failed; check that crates.io is reachable")?;
-    let reported = reported_version(sh, &binary).unwrap_or_default();
-    if !crate::tools_lint::names(&reported, version) {
+    let reported = installed_version(sh, &binary, "--version").unwrap_or_default();
+    if !reports(&reported, version) {
         bail!("installed cargo-fuzz reports {reported:?}, expected {version}");
     }
     eprintln!(
@@ -59,18 +60,6 @@ pub fn install_cargo_fuzz(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::R
         started.elapsed()
     );
     Ok(())
-}
-
-/// `cargo-fuzz --version` (`cargo-fuzz 0.13.2`), or `None` when missing or broken.
-fn reported_version(sh: &Shell, binary: &Path) -> Option<String> {
-    if !binary.exists() {
-        return None;
-    }
-    cmd!(sh, "{binary} --version")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .ok()
 }
 
 #[cfg(test)]

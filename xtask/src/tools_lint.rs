@@ -6,7 +6,7 @@
 //! Each step is a no-op when the pinned version is already there.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -15,6 +15,7 @@ use localenv::local::find_on_path;
 use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
+use crate::tools::{installed_version, reports};
 
 /// The PyPI linters: (package, its pin in pins.env, the executable it installs).
 pub const PYTHON_LINTERS: &[(&str, &str, &str)] = &[
@@ -55,7 +56,7 @@ pub fn install_linters(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Resu
 fn install_actionlint(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {
     let version = pins.get("ACTIONLINT_VERSION")?;
     let binary = actionlint(layout);
-    if reported_version(sh, &binary, "-version").is_some_and(|out| names(&out, version)) {
+    if installed_version(sh, &binary, "-version").is_some_and(|out| reports(&out, version)) {
         eprintln!("[tools] actionlint {version}: already installed");
         return Ok(());
     }
@@ -75,8 +76,8 @@ fn install_actionlint(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Resul
         .context(
             "`go install` of actionlint failed; check that the Go module proxy is reachable",
         )?;
-    let reported = reported_version(sh, &binary, "-version").unwrap_or_default();
-    if !names(&reported, version) {
+    let reported = installed_version(sh, &binary, "-version").unwrap_or_default();
+    if !reports(&reported, version) {
         bail!("installed actionlint reports {reported:?}, expected {version}");
     }
     eprintln!(
@@ -129,31 +130,12 @@ fn install_lint_venv(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result
         .context("pip could not install the pinned linters; check that PyPI is reachable")?;
     for (_, _, bin) in PYTHON_LINTERS {
         let path = lint_venv_bin(layout, bin);
-        reported_version(sh, &path, "--version")
+        installed_version(sh, &path, "--version")
             .with_context(|| format!("{} was installed but does not run", path.display()))?;
     }
     fs::write(&stamp, stamp_text)?;
     eprintln!("[tools] {label}: installed in {:.0?}", started.elapsed());
     Ok(())
-}
-
-/// `binary flag` output, or `None` when the binary is missing or fails.
-fn reported_version(sh: &Shell, binary: &Path, flag: &str) -> Option<String> {
-    if !binary.exists() {
-        return None;
-    }
-    cmd!(sh, "{binary} {flag}")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .ok()
-}
-
-/// True when `output` names exactly `version` as a whole word.
-pub fn names(output: &str, version: &str) -> bool {
-    output
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .any(|word| word == version)
 }
 
 #[cfg(test)]
@@ -188,16 +170,5 @@ mod tests {
                 assert!(line.contains("=="), "not an exact pin: {line}");
             }
         }
-    }
-
-    #[test]
-    fn versions_match_whole_words() {
-        assert!(names(
-            "v1.7.12\ninstalled by building from source\n",
-            "v1.7.12"
-        ));
-        assert!(names("Haskell Dockerfile Linter 2.15.1\n", "2.15.1"));
-        assert!(names("check-jsonschema, version 0.39.0\n", "0.39.0"));
-        assert!(!names("v1.7.12", "v1.7.1"));
     }
 }
