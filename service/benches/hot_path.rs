@@ -14,6 +14,9 @@
 //! is less than their sum. Comparing `total` with `total_prost` in one run keeps the
 //! comparison fair on a busy machine.
 //!
+//! The payloads are [`ponix_writer::sample`]'s (small: 5 fields, medium: 30 nested,
+//! large: 200), the same shapes `cargo xtask bench` publishes.
+//!
 //! Throughput is in bytes of the encoded envelope (what arrives from NATS).
 //!
 //! clickhouse-rs does not expose its RowBinary serializer, so [`RowBinary`] is a minimal
@@ -31,139 +34,19 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::payload;
 use ponix_writer::row::ProcessedEnvelopeRow;
+use ponix_writer::sample::{self, Payload};
 use prost::Message as _;
-use prost_types::value::Kind;
-use prost_types::{ListValue, Struct, Timestamp, Value};
 use serde::Serialize as _;
-
-fn number(x: f64) -> Value {
-    Value {
-        kind: Some(Kind::NumberValue(x)),
-    }
-}
-
-fn string(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    }
-}
-
-fn boolean(b: bool) -> Value {
-    Value {
-        kind: Some(Kind::BoolValue(b)),
-    }
-}
-
-fn object(fields: impl IntoIterator<Item = (String, Value)>) -> Value {
-    Value {
-        kind: Some(Kind::StructValue(Struct {
-            fields: fields.into_iter().collect(),
-        })),
-    }
-}
-
-fn list(values: Vec<Value>) -> Value {
-    Value {
-        kind: Some(Kind::ListValue(ListValue { values })),
-    }
-}
-
-/// A sensor reading's worth of scalars: numbers (integral and not), strings, booleans.
-fn scalar(i: usize) -> Value {
-    match i % 4 {
-        0 => number(i as f64 * 1.37),
-        1 => string(&format!("value-{i}")),
-        2 => number(i as f64),
-        _ => boolean(i % 8 == 3),
-    }
-}
-
-/// 5 flat fields.
-fn small() -> Struct {
-    Struct {
-        fields: [
-            ("temperature".to_owned(), number(21.5)),
-            ("humidity".to_owned(), number(48.0)),
-            ("battery".to_owned(), number(3.61)),
-            ("status".to_owned(), string("ok")),
-            ("door_open".to_owned(), boolean(false)),
-        ]
-        .into_iter()
-        .collect(),
-    }
-}
-
-/// 30 leaf fields: 18 at the top, 8 in two nested objects, and a list of 4 numbers.
-fn medium() -> Struct {
-    let mut fields: std::collections::BTreeMap<String, Value> =
-        (0..18).map(|i| (format!("field_{i}"), scalar(i))).collect();
-    fields.insert(
-        "location".to_owned(),
-        object([
-            ("lat".to_owned(), number(52.520_008)),
-            ("lon".to_owned(), number(13.404_954)),
-            ("alt".to_owned(), number(34.0)),
-            ("source".to_owned(), string("gps")),
-        ]),
-    );
-    fields.insert(
-        "radio".to_owned(),
-        object([
-            ("rssi".to_owned(), number(-97.0)),
-            ("snr".to_owned(), number(7.25)),
-            (
-                "gateway".to_owned(),
-                object([
-                    ("id".to_owned(), string("gw-0042")),
-                    ("channel".to_owned(), number(3.0)),
-                ]),
-            ),
-        ]),
-    );
-    fields.insert(
-        "samples".to_owned(),
-        list(vec![number(1.5), number(2.5), number(3.0), number(-0.5)]),
-    );
-    Struct { fields }
-}
-
-/// 200 leaf fields: 160 at the top and 4 nested objects of 10.
-fn large() -> Struct {
-    let mut fields: std::collections::BTreeMap<String, Value> = (0..160)
-        .map(|i| (format!("measurement_{i:03}"), scalar(i)))
-        .collect();
-    for group in 0..4 {
-        fields.insert(
-            format!("group_{group}"),
-            object((0..10).map(|i| (format!("m{i}"), scalar(group * 10 + i)))),
-        );
-    }
-    Struct { fields }
-}
 
 /// A stream sequence for the rows.
 const SEQUENCE: u64 = 1_234_567;
 
-fn envelope(data: Struct) -> ProcessedEnvelope {
-    ProcessedEnvelope {
-        end_device_id: "dev-0123456789".to_owned(),
-        occurred_at: Some(Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_000_000,
-        }),
-        data: Some(data),
-        processed_at: Some(Timestamp {
-            seconds: 1_700_000_001,
-            nanos: 0,
-        }),
-        organization_id: "org-42".to_owned(),
-    }
-}
-
 fn hot_path(c: &mut Criterion) {
     check_rowbinary();
-    for (name, data) in [("small", small()), ("medium", medium()), ("large", large())] {
-        let message = envelope(data.clone());
+    for payload in Payload::ALL {
+        let name = payload.name();
+        let message = sample::envelope(payload, 0);
+        let data = message.data.clone().expect("samples have a payload");
         let bytes = message.encode_to_vec();
         let without_data = ProcessedEnvelope {
             data: None,

@@ -16,4 +16,5 @@ pub mod migrate;
 pub mod payload;
 pub mod row;
 pub mod run;
+pub mod sample;
 pub mod store;

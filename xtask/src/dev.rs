@@ -58,7 +58,7 @@ impl flags::Dev {
     }
 
     fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
-        tools::install_all(sh, layout)?;
+        tools::install_runtime(sh, layout)?;
         let engine = Engine::parse(self.clickhouse.as_deref())?;
         let mut environment = Running::start(layout, engine, false)?;
         let result = self.run_writer(sh, layout, &environment);

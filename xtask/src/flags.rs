@@ -30,6 +30,18 @@ xflags::xflags! {
             optional --messages messages: u64
         }
 
+        /// Measure the writer end to end against the raw JetStream and ClickHouse rates on the same data (local backend, release build).
+        cmd bench {
+            /// 100,000 envelopes instead of 1,000,000.
+            optional --quick
+            /// Envelopes in the backlog (overrides --quick).
+            optional --messages messages: u64
+            /// Envelope payload: small (5 fields), medium (30, nested; default) or large (200).
+            optional --payload payload: String
+            /// ClickHouse engine for the local backend: `chdb` or `server`.
+            optional --clickhouse engine: String
+        }
+
         /// Fuzz the decode path (fuzz/, cargo-fuzz on stable) for a while; fails on a crash, naming the input.
         cmd fuzz {
             /// How long to run, in seconds (default 60).
@@ -92,6 +104,7 @@ pub enum XtaskCmd {
     Up(Up),
     E2e(E2e),
     Drill(Drill),
+    Bench(Bench),
     Fuzz(Fuzz),
     Dev(Dev),
     Down(Down),
@@ -118,6 +131,14 @@ pub struct Drill {
     pub name: String,
 
     pub messages: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Bench {
+    pub quick: bool,
+    pub messages: Option<u64>,
+    pub payload: Option<String>,
+    pub clickhouse: Option<String>,
 }
 
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! `main` only parses flags, moves to the project root and dispatches: each command
 //! lives in its own module with `fn run(self, sh: &Shell) -> anyhow::Result<()>`.
 
+mod bench;
 mod compose;
 mod dev;
 mod down;
@@ -40,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::Tools(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Up(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Down(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Bench(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Drill(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Fuzz(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Dev(cmd) => cmd.run(&sh),

@@ -27,17 +27,24 @@ impl flags::Tools {
 }
 
 pub fn install_all(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
+    let pins = install_runtime(sh, layout)?;
+    crate::tools_lint::install_linters(sh, layout, &pins)
+        .context("installing the deploy-file linters")?;
+    crate::tools_fuzz::install_cargo_fuzz(sh, layout, &pins).context("installing cargo-fuzz")?;
+    eprintln!("tools ready in {}", layout.tools_dir().display());
+    Ok(())
+}
+
+/// What the local backend needs to run the pipeline (goose, nats-server, the chDB
+/// endpoint), without the linters and fuzzer: `cargo xtask bench` installs only these.
+pub fn install_runtime(sh: &Shell, layout: &Layout) -> anyhow::Result<Pins> {
     let pins = Pins::load(layout)?;
     fs::create_dir_all(layout.bin_dir())
         .with_context(|| format!("creating {}", layout.bin_dir().display()))?;
     install_goose(sh, layout, &pins).context("installing goose")?;
     install_nats_server(sh, layout, &pins).context("installing nats-server")?;
     install_python_env(sh, layout).context("installing the chDB endpoint's virtualenv")?;
-    crate::tools_lint::install_linters(sh, layout, &pins)
-        .context("installing the deploy-file linters")?;
-    crate::tools_fuzz::install_cargo_fuzz(sh, layout, &pins).context("installing cargo-fuzz")?;
-    eprintln!("tools ready in {}", layout.tools_dir().display());
-    Ok(())
+    Ok(pins)
 }
 
 fn install_goose(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {

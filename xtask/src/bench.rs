@@ -1,0 +1,89 @@
+//! `cargo xtask bench`: the writer end to end against the limits of its parts.
+//!
+//! Builds `ponix-writer` and `ponix-bench` in release mode, starts a fresh local NATS
+//! and ClickHouse, and runs `ponix-bench` (bench/src/main.rs describes the phases)
+//! with the endpoints in its environment. Every other `PONIX_*` variable set by the
+//! caller reaches the writer and the ceilings alike, which is how the knobs are
+//! compared: `PONIX_NATS_BATCH_SIZE=5000 cargo xtask bench --quick`.
+//!
+//! Results: a table on stdout, `target/bench/latest.json`, and one JSON line per
+//! run appended to `target/bench/history.jsonl`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+use localenv::local::{self, Engine, Running};
+use xshell::{Shell, cmd};
+
+use crate::{flags, tools};
+
+const DEFAULT_MESSAGES: u64 = 1_000_000;
+const QUICK_MESSAGES: u64 = 100_000;
+
+impl flags::Bench {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        localenv::interrupt::install();
+        let layout = Layout::new(&sh.current_dir());
+        if local::running(&layout)?.is_some() {
+            bail!(
+                "a local environment is running (`cargo xtask up`); the bench needs fresh instances of its own: stop it with `cargo xtask down`"
+            );
+        }
+        let messages = self.messages.unwrap_or(if self.quick {
+            QUICK_MESSAGES
+        } else {
+            DEFAULT_MESSAGES
+        });
+        let payload = self.payload.clone().unwrap_or_else(|| "medium".to_owned());
+        let engine = Engine::parse(self.clickhouse.as_deref())?;
+
+        tools::install_runtime(sh, &layout)?;
+        eprintln!("[bench] building ponix-writer and ponix-bench (release) ...");
+        cmd!(
+            sh,
+            "cargo build --release --locked -p ponix-writer -p ponix-bench"
+        )
+        .run()
+        .context("building the release binaries for the bench")?;
+        let release = target_dir(&layout).join("release");
+        let out_dir = target_dir(&layout).join("bench");
+        let commit = cmd!(sh, "git rev-parse --short HEAD")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_else(|_| "unknown".to_owned());
+
+        let mut environment = Running::start(&layout, engine, false)?;
+        let mut bench = Command::new(release.join("ponix-bench"));
+        bench
+            .args(["--messages", &messages.to_string()])
+            .args(["--payload", &payload])
+            .arg("--writer")
+            .arg(release.join("ponix-writer"))
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .args(["--commit", &commit])
+            .envs(environment.endpoints.env_vars(&layout));
+        let status = bench.status().context("running ponix-bench")?;
+        if !status.success() {
+            local::dump_logs(&layout);
+        }
+        eprintln!("[bench] tearing down ...");
+        environment.teardown()?;
+        if !status.success() {
+            bail!(
+                "the bench failed ({status}); the writer's logs are in {}",
+                out_dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn target_dir(layout: &Layout) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| layout.root.join("target"))
+}
