@@ -12,7 +12,7 @@ use ponix_writer::store::Store;
 use prost::Message as _;
 use tokio::time::Instant;
 
-use crate::report::{Rate, thousands};
+use crate::report::{CpuClocks, CpuSpent, Rate, thousands};
 
 /// The scratch table the ceiling inserts into: `AS` the writer's table, so the same
 /// engine, sorting key and column types.
@@ -88,14 +88,16 @@ impl Tables {
 
     /// Inserts envelopes `0..messages` as rows (stream sequence `i + 1`, as the
     /// backlog was published) into a scratch copy of the table through the writer's
-    /// [`Store`], `batch_size` rows per INSERT, and times only the inserts: the rows
-    /// are decoded and converted beforehand.
+    /// [`Store`], `batch_size` rows per INSERT and as many INSERTs at once as the
+    /// writer runs, and times only the inserts: the rows are decoded and converted
+    /// beforehand.
     pub async fn insert_ceiling(
         &self,
         payload: Payload,
         messages: u64,
         batch_size: usize,
-    ) -> anyhow::Result<Rate> {
+        clocks: &CpuClocks,
+    ) -> anyhow::Result<(Rate, CpuSpent)> {
         self.client
             .query(&format!("DROP TABLE IF EXISTS {CEILING_TABLE}"))
             .execute()
@@ -121,6 +123,7 @@ impl Tables {
             ..self.config.clone()
         });
         let started = Instant::now();
+        let cpu_before = clocks.read();
         let mut progress = Instant::now();
         let mut inserted = 0u64;
         let mut batches = futures::stream::iter(rows.chunks(batch_size))
@@ -128,7 +131,8 @@ impl Tables {
                 let store = &store;
                 async move { store.insert_batch(chunk).await.map(|()| chunk.len()) }
             })
-            .buffered(1);
+            // The writer's insert concurrency, so the ceiling is reachable by it.
+            .buffered(self.config.insert_concurrency.max(1));
         while let Some(result) = batches.next().await {
             inserted += result.context("ceiling insert")? as u64;
             if progress.elapsed() >= crate::jetstream::PROGRESS_EVERY {
@@ -137,6 +141,7 @@ impl Tables {
             }
         }
         let rate = Rate::new(inserted, started.elapsed());
+        let spent = clocks.since(cpu_before);
         drop(batches);
         drop(rows);
 
@@ -149,6 +154,6 @@ impl Tables {
             .execute()
             .await
             .context("dropping the ceiling's scratch table")?;
-        Ok(rate)
+        Ok((rate, spent))
     }
 }

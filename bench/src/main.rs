@@ -35,7 +35,7 @@ use anyhow::{Context, bail};
 use ponix_writer::config::Config;
 use ponix_writer::sample::Payload;
 
-use crate::report::Report;
+use crate::report::{CpuClocks, Report};
 
 /// Command-line arguments; `cargo xtask bench` passes them.
 struct Args {
@@ -46,6 +46,8 @@ struct Args {
     latency_rate: u64,
     latency_seconds: u64,
     commit: String,
+    nats_pid: Option<u32>,
+    clickhouse_pid: Option<u32>,
 }
 
 impl Args {
@@ -58,6 +60,8 @@ impl Args {
             latency_rate: 10_000,
             latency_seconds: 30,
             commit: "unknown".to_owned(),
+            nats_pid: None,
+            clickhouse_pid: None,
         };
         let mut iter = std::env::args().skip(1);
         while let Some(flag) = iter.next() {
@@ -69,6 +73,10 @@ impl Args {
                 "--latency-rate" => args.latency_rate = number(&flag, &value()?)?,
                 "--latency-seconds" => args.latency_seconds = number(&flag, &value()?)?,
                 "--commit" => args.commit = value()?,
+                "--nats-pid" => args.nats_pid = Some(u32::try_from(number(&flag, &value()?)?)?),
+                "--clickhouse-pid" => {
+                    args.clickhouse_pid = Some(u32::try_from(number(&flag, &value()?)?)?)
+                }
                 "--payload" => {
                     let name = value()?;
                     args.payload = Payload::ALL
@@ -150,18 +158,23 @@ async fn run() -> anyhow::Result<()> {
     ));
     report.publish = Some(nats.publish_backlog(args.payload, args.messages).await?);
 
+    let clocks = CpuClocks::new(args.nats_pid, args.clickhouse_pid);
     phase("JetStream ceiling: fetch and ack with no insert");
+    let before = clocks.read();
     report.consume_ceiling = Some(nats.consume_ceiling(args.messages).await?);
+    report.cpu.push(("JetStream ceiling", clocks.since(before)));
 
     phase("ClickHouse ceiling: the same rows through the writer's Store, no NATS");
-    report.insert_ceiling = Some(
-        store
-            .insert_ceiling(args.payload, args.messages, config.nats.batch_size)
-            .await?,
-    );
+    let (rate, spent) = store
+        .insert_ceiling(args.payload, args.messages, config.nats.batch_size, &clocks)
+        .await?;
+    report.insert_ceiling = Some(rate);
+    report.cpu.push(("ClickHouse ceiling", spent));
 
     phase("writer: drain the backlog");
+    let before = clocks.read();
     let drain = writer::drain(&args.writer, &args.out_dir, &nats, args.messages).await?;
+    report.cpu.push(("drain", clocks.since(before)));
     let stored = store.count_final().await?;
     if stored != args.messages {
         bail!(
@@ -201,6 +214,7 @@ async fn run() -> anyhow::Result<()> {
     print!("{}", report.table());
     let written = report.write_json(&args.out_dir)?;
     println!("\nbench: results in {}", written.display());
+    println!("bench summary: {}", report.summary());
     Ok(())
 }
 

@@ -37,7 +37,11 @@ pub struct Report {
     commit: String,
     latency_rate: u64,
     latency_seconds: u64,
+    batch_size: usize,
+    insert_concurrency: usize,
     knobs: Vec<(&'static str, String)>,
+    /// CPU time of the servers (and of the bench itself) during each measured phase.
+    pub cpu: Vec<(&'static str, CpuSpent)>,
     pub publish: Option<Rate>,
     pub consume_ceiling: Option<Rate>,
     pub insert_ceiling: Option<Rate>,
@@ -56,6 +60,8 @@ impl Report {
             commit: args.commit.clone(),
             latency_rate: args.latency_rate,
             latency_seconds: args.latency_seconds,
+            batch_size: nats.batch_size,
+            insert_concurrency: config.clickhouse.insert_concurrency,
             knobs: vec![
                 ("PONIX_NATS_BATCH_SIZE", nats.batch_size.to_string()),
                 (
@@ -71,10 +77,15 @@ impl Report {
                     nats.max_ack_pending.to_string(),
                 ),
                 (
+                    "PONIX_CLICKHOUSE_INSERT_CONCURRENCY",
+                    config.clickhouse.insert_concurrency.to_string(),
+                ),
+                (
                     "PONIX_CLICKHOUSE_ASYNC_INSERT",
                     config.clickhouse.async_insert.to_string(),
                 ),
             ],
+            cpu: Vec::new(),
             publish: None,
             consume_ceiling: None,
             insert_ceiling: None,
@@ -169,12 +180,19 @@ impl Report {
                 ),
             ));
         }
+        for (phase, spent) in &self.cpu {
+            rows.push((
+                format!("CPU s during {phase}: nats-server / ClickHouse / bench"),
+                spent.to_string(),
+            ));
+        }
         let title = format!(
-            "{} {} envelopes ({} B), batch size {}",
+            "{} {} envelopes ({} B), batch size {}, insert concurrency {}",
             thousands(self.messages),
             self.payload,
             self.envelope_bytes,
-            self.knobs[0].1
+            self.batch_size,
+            self.insert_concurrency
         );
         let width = rows
             .iter()
@@ -203,6 +221,25 @@ impl Report {
         out
     }
 
+    /// One line: the end-to-end rate, its ratio to the lower ceiling, the p99.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(drain) = &self.drain {
+            parts.push(format!(
+                "{} rows drained at {}/s",
+                thousands(drain.rate.items),
+                thousands(drain.rate.per_second() as u64)
+            ));
+        }
+        if let (Some((which, _)), Some(ratio)) = (self.lower_ceiling(), self.ratio()) {
+            parts.push(format!("{ratio:.2} × the {which} ceiling"));
+        }
+        if let Some(latency) = &self.latency {
+            parts.push(format!("p99 {} ms", latency.p99.as_millis()));
+        }
+        parts.join(", ")
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let rate = |r: &Option<Rate>| {
             r.map(|r| json!({"per_second": r.per_second().round(), "seconds": r.elapsed.as_secs_f64(), "items": r.items}))
@@ -226,6 +263,11 @@ impl Report {
                 "writer": usage(&d.usage),
             })),
             "ratio_to_lower_ceiling": self.ratio(),
+            "cpu_seconds": self.cpu.iter().map(|(phase, spent)| (phase.to_string(), json!({
+                "nats_server": spent.nats_server,
+                "clickhouse": spent.clickhouse,
+                "bench": spent.bench,
+            }))).collect::<serde_json::Map<_, _>>(),
             "latency": self.latency.as_ref().map(|l| json!({
                 "rate": self.latency_rate,
                 "seconds": self.latency_seconds,
@@ -255,6 +297,79 @@ impl Report {
         writeln!(file, "{json}").with_context(|| format!("appending to {}", history.display()))?;
         Ok(latest)
     }
+}
+
+/// CPU seconds some processes spent over one phase (`None` where /proc could not say).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSpent {
+    pub nats_server: Option<f64>,
+    pub clickhouse: Option<f64>,
+    pub bench: Option<f64>,
+}
+
+impl std::fmt::Display for CpuSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1}"));
+        write!(
+            f,
+            "{} / {} / {}",
+            show(self.nats_server),
+            show(self.clickhouse),
+            show(self.bench)
+        )
+    }
+}
+
+/// Reads the CPU clocks of the servers and of this process, to attribute a phase's
+/// CPU time: on a small machine the servers and the writer compete for the same
+/// cores, which is most of the distance between the writer and the ceilings.
+pub struct CpuClocks {
+    nats_server: Option<u32>,
+    clickhouse: Option<u32>,
+}
+
+impl CpuClocks {
+    pub fn new(nats_server: Option<u32>, clickhouse: Option<u32>) -> CpuClocks {
+        CpuClocks {
+            nats_server,
+            clickhouse,
+        }
+    }
+
+    pub fn read(&self) -> CpuSpent {
+        CpuSpent {
+            nats_server: self
+                .nats_server
+                .and_then(|pid| cpu_seconds(&pid.to_string())),
+            clickhouse: self
+                .clickhouse
+                .and_then(|pid| cpu_seconds(&pid.to_string())),
+            bench: cpu_seconds("self"),
+        }
+    }
+
+    /// CPU spent since `before`.
+    pub fn since(&self, before: CpuSpent) -> CpuSpent {
+        let now = self.read();
+        let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        CpuSpent {
+            nats_server: diff(now.nats_server, before.nats_server),
+            clickhouse: diff(now.clickhouse, before.clickhouse),
+            bench: diff(now.bench, before.bench),
+        }
+    }
+}
+
+/// utime + stime of a process (all its threads) from /proc, in seconds.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after it are plain.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ")".
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 /// What the figures were measured on.
@@ -312,6 +427,27 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_cpu_clock_of_this_process_moves_with_work() {
+        let clocks = CpuClocks::new(None, None);
+        let before = clocks.read();
+        assert!(before.bench.is_some(), "/proc/self/stat was not parsed");
+        // Work until the clock (10 ms ticks) moves; a parse that always read the same
+        // field would never get there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        loop {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            if clocks.since(before).bench.unwrap() > 0.0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the CPU clock never moved");
+        }
+        assert!(clocks.since(before).nats_server.is_none());
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub struct ClickHouseConfig {
     pub password: Secret,
     pub table: String,
     pub insert_timeout: Duration,
+    /// Batches inserted at once (at least 1).
+    pub insert_concurrency: usize,
     pub async_insert: bool,
 }
 
@@ -328,7 +330,7 @@ vars! {
         "The consumer's filter subject: the envelopes this writer stores.";
     NATS_CONSUMER: "PONIX_NATS_CONSUMER", Value("ponix-writer"), NatsName, false,
         "Durable consumer name. Writers sharing it share the work.";
-    NATS_BATCH_SIZE: "PONIX_NATS_BATCH_SIZE", Value("1000"),
+    NATS_BATCH_SIZE: "PONIX_NATS_BATCH_SIZE", Value("2000"),
         WholeNumber { min: 1, max: 100_000 }, false,
         "Most envelopes fetched and inserted as one batch.";
     NATS_BATCH_MAX_BYTES: "PONIX_NATS_BATCH_MAX_BYTES", Value("8388608"),
@@ -346,10 +348,12 @@ vars! {
         WholeNumber { min: 2, max: 10_000 }, false,
         "Deliveries of one message before it is dead-lettered. Unlimited is not offered: a \
          message that can never be stored would loop forever.";
-    NATS_MAX_ACK_PENDING: "PONIX_NATS_MAX_ACK_PENDING", Derived("twice PONIX_NATS_BATCH_SIZE"),
+    NATS_MAX_ACK_PENDING: "PONIX_NATS_MAX_ACK_PENDING",
+        Derived("PONIX_NATS_BATCH_SIZE × (PONIX_CLICKHOUSE_INSERT_CONCURRENCY + 1)"),
         WholeNumber { min: 1, max: 1_000_000 }, false,
         "Most unacknowledged messages in flight. At least PONIX_NATS_BATCH_SIZE, or a batch \
-         could never fill.";
+         could never fill; the default leaves room for the batches being inserted and the \
+         next one being fetched.";
     NATS_DEAD_LETTER_SUBJECT: "PONIX_NATS_DEAD_LETTER_SUBJECT",
         Value("ponix.dead_letter.processed_envelopes"), Subject, false,
         "Where envelopes that cannot be stored are published, with the reason in headers. \
@@ -377,6 +381,10 @@ vars! {
     CLICKHOUSE_INSERT_TIMEOUT_SECS: "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", Value("30"),
         Seconds { min: 0.1, max: 3600.0 }, false,
         "Longest time one batch insert may take before it counts as failed.";
+    CLICKHOUSE_INSERT_CONCURRENCY: "PONIX_CLICKHOUSE_INSERT_CONCURRENCY", Value("1"),
+        WholeNumber { min: 1, max: 16 }, false,
+        "Most batches being inserted at once. The next batch is always fetched while the \
+         current ones insert; acknowledgements go out in fetch order either way.";
     CLICKHOUSE_ASYNC_INSERT: "PONIX_CLICKHOUSE_ASYNC_INSERT", Value("false"), Bool, false,
         "Use ClickHouse's async_insert (with wait_for_async_insert=1). Always sent explicitly: \
          the server default changed in ClickHouse 26.2.";
@@ -403,7 +411,7 @@ vars! {
         "Longest wait for NATS and ClickHouse at start before giving up.";
     SHUTDOWN_TIMEOUT_SECS: "PONIX_SHUTDOWN_TIMEOUT_SECS", Value("30"),
         Seconds { min: 1.0, max: 3600.0 }, false,
-        "Longest time to finish the batch in flight after SIGTERM.";
+        "Longest time to finish the batches in flight after SIGTERM.";
     HTTP_ADDR: "PONIX_HTTP_ADDR", Value("0.0.0.0:8080"), ListenAddr, false,
         "Address of the health and metrics endpoint.";
     DEMO_INTERVAL_MS: "PONIX_DEMO_INTERVAL_MS", Value("0"),
@@ -552,9 +560,12 @@ impl Config {
             given => given,
         };
         let batch_size = r.get(&NATS_BATCH_SIZE, number);
+        let insert_concurrency = r.get(&CLICKHOUSE_INSERT_CONCURRENCY, number);
         let max_ack_pending = match r.get(&NATS_MAX_ACK_PENDING, number) {
-            // Room for the batch being inserted and the next one filling.
-            None if r.is_unset(&NATS_MAX_ACK_PENDING) => batch_size.map(|b| b.saturating_mul(2)),
+            // Room for the batches being inserted and the next one being fetched.
+            None if r.is_unset(&NATS_MAX_ACK_PENDING) => batch_size
+                .zip(insert_concurrency)
+                .map(|(batch, concurrency)| batch.saturating_mul(concurrency.saturating_add(1))),
             given => given,
         };
         let dead_letter_subject = r.get(&NATS_DEAD_LETTER_SUBJECT, text);
@@ -662,6 +673,7 @@ impl Config {
             insert_timeout: r
                 .get(&CLICKHOUSE_INSERT_TIMEOUT_SECS, duration)
                 .unwrap_or_default(),
+            insert_concurrency: insert_concurrency.and_then(to_usize).unwrap_or(1),
             async_insert: r.get(&CLICKHOUSE_ASYNC_INSERT, flag).unwrap_or_default(),
         };
         let migrations = MigrationsConfig {
@@ -1128,12 +1140,13 @@ mod tests {
         assert_eq!(n.subject, "processed_envelopes.>");
         assert_eq!(n.stream_subjects, ["processed_envelopes.>"]);
         assert_eq!(n.consumer, "ponix-writer");
-        assert_eq!(n.batch_size, 1000);
+        assert_eq!(n.batch_size, 2000);
         assert_eq!(n.batch_max_bytes, 8 * 1024 * 1024);
         assert_eq!(n.batch_wait, Duration::from_secs(1));
         assert_eq!(n.ack_wait, Duration::from_secs(30));
         assert_eq!(n.max_deliver, 20);
-        assert_eq!(n.max_ack_pending, 2000);
+        assert_eq!(n.max_ack_pending, 4000);
+        assert_eq!(c.clickhouse.insert_concurrency, 1);
         assert_eq!(
             n.dead_letter_subject,
             "ponix.dead_letter.processed_envelopes"
@@ -1513,6 +1526,14 @@ mod tests {
         // The derived default follows the batch size.
         let c = load(&[("PONIX_NATS_BATCH_SIZE", "50000")]).unwrap();
         assert_eq!(c.nats.max_ack_pending, 100_000);
+        // ... and the insert concurrency: room for every batch inserting, plus one.
+        let c = load(&[
+            ("PONIX_NATS_BATCH_SIZE", "500"),
+            ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.clickhouse.insert_concurrency, 3);
+        assert_eq!(c.nats.max_ack_pending, 2_000);
         assert_eq!(
             errors(&[("PONIX_NATS_BATCH_WAIT_SECS", "30")]),
             [
@@ -1565,7 +1586,7 @@ mod tests {
             ("PONIX_CLICKHOUSE_GOOSE_DSN", ""),
         ])
         .unwrap();
-        assert_eq!(c.nats.batch_size, 1000);
+        assert_eq!(c.nats.batch_size, 2000);
         assert!(c.migrations.dsn_override.is_none());
         assert!(c.warnings.is_empty());
     }
@@ -1663,8 +1684,10 @@ mod tests {
             );
             assert!(help.contains(&var.expected()), "{}", var.name);
         }
-        assert!(help.contains("\n      Default: 1000\n"));
-        assert!(help.contains("\n      Default: twice PONIX_NATS_BATCH_SIZE\n"));
+        assert!(help.contains("\n      Default: 2000\n"));
+        assert!(help.contains(
+            "\n      Default: PONIX_NATS_BATCH_SIZE × (PONIX_CLICKHOUSE_INSERT_CONCURRENCY + 1)\n"
+        ));
         assert!(help.contains("\n      Default: (empty)\n"));
     }
 

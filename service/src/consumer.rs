@@ -76,6 +76,18 @@
 //! re-insert that the table deduplicates (see "Duplicates"), never a loss; failures
 //! are counted in `ack_failures_total`.
 //!
+//! # Pipeline
+//!
+//! One pull runs at a time, and it overlaps the INSERTs of earlier batches: the next
+//! batch is fetched and decoded while the current one is being written, not after.
+//! Up to `PONIX_CLICKHOUSE_INSERT_CONCURRENCY` INSERTs run at once, each holding a
+//! slot taken in fetch order; a batch waiting for its slot is already under the
+//! progress acks above. Batches are settled strictly in fetch order, whatever order
+//! their INSERTs finish in. A new pull starts only while at most that many batches
+//! are unsettled, so at most concurrency + 1 batches are unacknowledged, which is
+//! the room the default MaxAckPending leaves. None of this changes the contract:
+//! every ack still follows its row's commit.
+//!
 //! # Dead letters
 //!
 //! Published to the configured subject, which a dedicated file-backed stream captures
@@ -87,6 +99,7 @@
 //! sequence, so dead-lettering the same message twice (a TERM lost, a crash in
 //! between) is deduplicated by JetStream within its duplicate window.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +111,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -286,10 +300,24 @@ enum RowOutcome {
     Failed(StoreError),
 }
 
+/// The result of one pull: the messages, and the error that ended it early if any.
+type Pulled = Result<(Vec<Delivery>, Option<async_nats::Error>), async_nats::Error>;
+
+/// A batch whose fate is decided and durable, ready to be acknowledged.
+struct Decided {
+    deliveries: Vec<Delivery>,
+    decisions: Vec<Settle>,
+    outcome: BatchOutcome,
+    started: Instant,
+}
+
 /// Everything the consumer loop needs.
 pub struct Consumer {
     js: jetstream::Context,
-    consumer: PullConsumer,
+    /// Replaced when a failed pull makes the loop re-create the consumer.
+    pull: std::sync::Mutex<PullConsumer>,
+    /// One permit per concurrent INSERT; FIFO, so batches insert in fetch order.
+    insert_slots: tokio::sync::Semaphore,
     config: NatsConfig,
     store: Store,
     metrics: Arc<Metrics>,
@@ -311,7 +339,8 @@ impl Consumer {
     ) -> Self {
         Self {
             js,
-            consumer,
+            pull: std::sync::Mutex::new(consumer),
+            insert_slots: tokio::sync::Semaphore::new(store.insert_concurrency()),
             config,
             store,
             metrics,
@@ -320,15 +349,18 @@ impl Consumer {
         }
     }
 
-    /// Consumes until `shutdown` is cancelled. The batch in flight at that moment is
-    /// finished (inserted and acked, or NAKed if it cannot finish within the drain
-    /// grace); then all pending acks are flushed to the server.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Consumes until `shutdown` is cancelled. See "Pipeline" in the module docs.
+    /// The batches in flight at that moment are finished (inserted and acked, or
+    /// NAKed if they cannot finish within the drain grace), a pull already under way
+    /// is read to its end and processed too; then all pending acks are flushed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let depth = self.store.insert_concurrency();
         tracing::info!(
             stream = %self.config.stream,
             consumer = %self.config.consumer,
             subject = %self.config.subject,
             dead_letter_subject = %self.config.dead_letter_subject,
+            insert_concurrency = depth,
             "consuming"
         );
         let mut fetch_failures: u32 = 0;
@@ -336,49 +368,72 @@ impl Consumer {
         // a single message larger than the batch byte limit), pull one message without
         // a byte limit, so that one large message cannot stall the consumer.
         let mut single = false;
-        while !shutdown.is_cancelled() {
-            let failure = match self.fetch(single).await {
-                Ok((deliveries, ended_by)) => {
-                    single = deliveries.is_empty() && ended_by.is_some();
-                    match ended_by {
-                        // An error before any message (consumer deleted, no responders,
-                        // ...) would make the next pull fail at once too: back off.
-                        Some(error) if deliveries.is_empty() => Some(error),
-                        ended_by => {
-                            fetch_failures = 0;
-                            if let Some(error) = ended_by {
-                                tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
+        // Set after a failed pull: the next one waits until then.
+        let mut retry_at: Option<Instant> = None;
+        // At most one pull at a time. It is kept across loop iterations, never dropped
+        // half-read (see `fetch`).
+        let mut pulling: Option<Pin<Box<dyn Future<Output = Pulled> + Send + '_>>> = None;
+        // Batches being decided, oldest first: up to `depth` inserting and one more
+        // decoding or waiting for an insert slot. A pull starts only while there is
+        // room for its batch, so at most (depth + 1) batches are unacknowledged.
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            if pulling.is_none() && in_flight.len() <= depth && !shutdown.is_cancelled() {
+                pulling = Some(Box::pin(self.fetch(single, retry_at.take(), &shutdown)));
+            }
+            if pulling.is_none() && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // Finished batches are settled first, in the order they were fetched.
+                biased;
+                Some(decided) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.settle_batch(decided).await;
+                }
+                pulled = async { pulling.as_mut().expect("guarded by the condition").await }, if pulling.is_some() => {
+                    pulling = None;
+                    let failure = match pulled {
+                        Ok((deliveries, ended_by)) => {
+                            single = deliveries.is_empty() && ended_by.is_some();
+                            match ended_by {
+                                // An error before any message (consumer deleted, no
+                                // responders, ...) would make the next pull fail at once
+                                // too: back off.
+                                Some(error) if deliveries.is_empty() => Some(error),
+                                ended_by => {
+                                    fetch_failures = 0;
+                                    if let Some(error) = ended_by {
+                                        tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
+                                    }
+                                    if !deliveries.is_empty() {
+                                        in_flight.push_back(self.decide_batch(deliveries, &shutdown));
+                                    }
+                                    None
+                                }
                             }
-                            if !deliveries.is_empty() {
-                                self.process(deliveries, &shutdown).await;
-                            }
-                            None
+                        }
+                        Err(error) => Some(error),
+                    };
+                    if let Some(error) = failure {
+                        fetch_failures = fetch_failures.saturating_add(1);
+                        let pause = nak_delay(
+                            i64::from(fetch_failures),
+                            Duration::from_millis(500),
+                            Duration::from_secs(30),
+                            fastrand::f64(),
+                        );
+                        tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
+                        retry_at = Some(Instant::now() + pause);
+                        // The stream or consumer may have been deleted under us: recreate
+                        // them (idempotent) before the next pull.
+                        match ensure(&self.js, &self.config).await {
+                            Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
+                            Err(error) => tracing::warn!(
+                                error = format!("{error:#}"),
+                                "re-ensuring stream and consumer failed"
+                            ),
                         }
                     }
-                }
-                Err(error) => Some(error),
-            };
-            if let Some(error) = failure {
-                fetch_failures = fetch_failures.saturating_add(1);
-                let pause = nak_delay(
-                    i64::from(fetch_failures),
-                    Duration::from_millis(500),
-                    Duration::from_secs(30),
-                    fastrand::f64(),
-                );
-                tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                // The stream or consumer may have been deleted under us: recreate them
-                // (idempotent) before the next pull.
-                match ensure(&self.js, &self.config).await {
-                    Ok(consumer) => self.consumer = consumer,
-                    Err(error) => tracing::warn!(
-                        error = format!("{error:#}"),
-                        "re-ensuring stream and consumer failed"
-                    ),
                 }
             }
         }
@@ -394,19 +449,28 @@ impl Consumer {
         Ok(())
     }
 
-    /// One pull request: up to the batch size and byte limit, waiting at most the
-    /// batch wait. Returns the messages and the error that ended the pull early, if
-    /// any. On shutdown it stops waiting but keeps what already arrived.
     /// One pull, read to its end: it ends when the batch is full or at its expiry
     /// (`batch_wait`), so this returns within `batch_wait` even during shutdown. A
     /// pull is never abandoned half-read, because the messages the server already
     /// sent would then sit unacknowledged until AckWait and spend a delivery each;
     /// read to the end, they are inserted and acknowledged like any batch.
+    ///
+    /// With `retry_at` (after a failed pull) it first waits until then; shutdown
+    /// ends that wait with an empty batch.
     async fn fetch(
         &self,
         single: bool,
-    ) -> Result<(Vec<Delivery>, Option<async_nats::Error>), async_nats::Error> {
-        let builder = self.consumer.batch().expires(self.config.batch_wait);
+        retry_at: Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Pulled {
+        if let Some(at) = retry_at {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok((Vec::new(), None)),
+                _ = tokio::time::sleep_until(at) => {}
+            }
+        }
+        let consumer = self.pull.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let builder = consumer.batch().expires(self.config.batch_wait);
         let builder = if single {
             builder.max_messages(1)
         } else {
@@ -415,7 +479,7 @@ impl Consumer {
                 .max_bytes(self.config.batch_max_bytes)
         };
         let mut batch = builder.messages().await?;
-        let mut deliveries = Vec::new();
+        let mut deliveries = Vec::with_capacity(if single { 1 } else { self.config.batch_size });
         let mut ended_by = None;
         while let Some(item) = batch.next().await {
             match item {
@@ -446,8 +510,13 @@ impl Consumer {
         })
     }
 
-    /// Decides the fate of every message of a batch, then settles them.
-    async fn process(&self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
+    /// Decides the fate of every message of a batch (decode, insert, dead letters),
+    /// giving up on it `drain_grace` after shutdown was requested.
+    async fn decide_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> Decided {
         let started = Instant::now();
         let abandon = async {
             shutdown.cancelled().await;
@@ -467,6 +536,22 @@ impl Consumer {
                 (vec![Settle::Nak(delay, NakReason::Shutdown); deliveries.len()], BatchOutcome::Aborted)
             }
         };
+        Decided {
+            deliveries,
+            decisions,
+            outcome,
+            started,
+        }
+    }
+
+    /// Sends a decided batch's acknowledgements and records it.
+    async fn settle_batch(&self, decided: Decided) {
+        let Decided {
+            deliveries,
+            decisions,
+            outcome,
+            started,
+        } = decided;
         self.settle(&deliveries, &decisions).await;
         self.metrics.batch_finished(outcome);
         tracing::debug!(
@@ -504,7 +589,11 @@ impl Consumer {
         }
 
         let mut decisions: Vec<Option<Settle>> = vec![None; deliveries.len()];
-        let outcomes = self.store_rows(&rows).await;
+        let outcomes = {
+            // Decoding above ran without a slot, overlapping the inserts before it.
+            let _slot = self.insert_slots.acquire().await;
+            self.store_rows(&rows).await
+        };
         let committed = outcomes
             .iter()
             .filter(|o| matches!(o, RowOutcome::Committed))

@@ -49,6 +49,7 @@ pub struct Store {
     client: Client,
     table: String,
     insert_timeout: Duration,
+    insert_concurrency: usize,
 }
 
 impl fmt::Debug for Store {
@@ -57,6 +58,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("table", &self.table)
             .field("insert_timeout", &self.insert_timeout)
+            .field("insert_concurrency", &self.insert_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +84,13 @@ impl Store {
             client,
             table: config.table.clone(),
             insert_timeout: config.insert_timeout,
+            insert_concurrency: config.insert_concurrency.max(1),
         }
+    }
+
+    /// How many batches may be inserted at once (at least 1).
+    pub fn insert_concurrency(&self) -> usize {
+        self.insert_concurrency
     }
 
     /// The table rows are inserted into.

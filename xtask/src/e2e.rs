@@ -8,6 +8,7 @@ use localenv::Layout;
 use localenv::local::{self, Engine, Running};
 use xshell::Shell;
 
+use crate::bench;
 use crate::compose::{self, ComposeBackend};
 use crate::dev::Backend;
 use crate::drill;
@@ -74,6 +75,19 @@ impl flags::E2e {
             }
             steps.run_always("teardown", || infra.teardown(sh));
         }
+        // After teardown: the bench starts a fresh local environment of its own.
+        steps.run("bench (smoke run)", || {
+            bench::run_bench(
+                sh,
+                &layout,
+                &bench::Options {
+                    messages: BENCH_MESSAGES,
+                    payload: "medium".to_owned(),
+                    latency_seconds: BENCH_LATENCY_SECONDS,
+                    engine: Engine::parse(self.clickhouse.as_deref())?,
+                },
+            )
+        });
         steps.finish()
     }
 }
@@ -196,6 +210,10 @@ fn chdb_endpoint_tests(layout: &Layout) -> anyhow::Result<String> {
 const DRILL_MESSAGES: u64 = 2_000;
 /// A short fuzz run; `cargo xtask fuzz --seconds N` runs longer ones.
 const FUZZ_SECONDS: u64 = 60;
+/// The bench as a smoke test: it must build from a clean clone, run every phase and
+/// account for every row. Its figures are printed, never asserted.
+const BENCH_MESSAGES: u64 = 20_000;
+const BENCH_LATENCY_SECONDS: u64 = 5;
 
 /// Integration-test targets that run as e2e steps of their own, so the
 /// workspace step leaves them out.

@@ -38,6 +38,8 @@ xflags::xflags! {
             optional --messages messages: u64
             /// Envelope payload: small (5 fields), medium (30, nested; default) or large (200).
             optional --payload payload: String
+            /// Length of the fixed-rate latency phase (default 30).
+            optional --latency-seconds seconds: u64
             /// ClickHouse engine for the local backend: `chdb` or `server`.
             optional --clickhouse engine: String
         }
@@ -138,6 +140,7 @@ pub struct Bench {
     pub quick: bool,
     pub messages: Option<u64>,
     pub payload: Option<String>,
+    pub latency_seconds: Option<u64>,
     pub clickhouse: Option<String>,
 }
 
