@@ -445,7 +445,10 @@ mod tests {
             if clocks.since(before).bench.unwrap() > 0.0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the CPU clock never moved");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CPU clock never moved"
+            );
         }
         assert!(clocks.since(before).nats_server.is_none());
     }

@@ -102,7 +102,10 @@ fn payload_json(bytes: &[u8]) -> Option<String> {
         out.clear();
         serde_json::to_writer(&mut out, &Node::Object(object(bytes, 1)?)).ok()?;
     }
-    // serde_json writes UTF-8, and so does `stream_object`; the check is one fast pass.
+    // The one UTF-8 check of the payload's strings: `stream_object` copies keys and
+    // string values unchecked, and everything else it writes is ASCII or serde_json's
+    // (valid) output, so the text is valid exactly when every string was. If one was
+    // not, prost refuses the message too, and the caller takes that path.
     String::from_utf8(out).ok()
 }
 
@@ -123,24 +126,59 @@ fn write_with(
     write(&mut serde_json::Serializer::new(out)).ok()
 }
 
+/// What one pass over a string's bytes finds: whether JSON needs an escape in it
+/// (serde_json escapes exactly the control characters, `"` and `\`), and whether it
+/// contains `%`. Branch-free, so that the compiler vectorizes it.
+fn scan(bytes: &[u8]) -> (bool, bool) {
+    let mut escape = false;
+    let mut percent = false;
+    for &b in bytes {
+        escape |= (b < 0x20) | (b == b'"') | (b == b'\\');
+        percent |= b == b'%';
+    }
+    (escape, percent)
+}
+
+/// A string's bytes as a JSON string, byte for byte what serde_json writes for it.
+/// The bytes are not checked for UTF-8 here: the caller checks the whole text once at
+/// the end (`payload_json`), and declines if it is not, as prost would.
+fn write_json_str(out: &mut Vec<u8>, bytes: &[u8], needs_escape: bool) -> Option<()> {
+    if needs_escape {
+        let text = std::str::from_utf8(bytes).ok()?;
+        write_with(out, |s| s.serialize_str(text))
+    } else {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        Some(())
+    }
+}
+
 fn stream_object(bytes: &[u8], depth: u32, out: &mut Vec<u8>) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;
     }
     let mut r = Reader(bytes);
-    let mut previous: Option<&str> = None;
+    let mut previous: Option<&[u8]> = None;
     out.push(b'{');
     while !r.0.is_empty() {
         let (1, LEN) = r.key()? else { return None };
         let (key, value) = stream_entry(r.len_delimited()?, depth + 1)?;
-        // In order and without duplicates, or the tree path sorts (or declines).
+        // In order and without duplicates, or the tree path sorts (or declines). Byte
+        // order is `str` order.
         if previous.is_some_and(|previous| previous >= key) {
             return None;
         }
         if previous.is_some() {
             out.push(b',');
         }
-        write_with(out, |s| s.serialize_str(key))?;
+        let (needs_escape, has_percent) = scan(key);
+        // ClickHouse reads `%2E` back as `.`: leave the collision check to the prost path.
+        if has_percent && key.windows(3).any(|w| w == b"%2E") {
+            return None;
+        }
+        write_json_str(out, key, needs_escape)?;
         out.push(b':');
         stream_value(value, depth + 2, out)?;
         previous = Some(key);
@@ -149,25 +187,25 @@ fn stream_object(bytes: &[u8], depth: u32, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// A map entry's key (default "") and the bytes of its value (default: no kind), in that
-/// order, each at most once.
-fn stream_entry(bytes: &[u8], depth: u32) -> Option<(&str, &[u8])> {
+/// A map entry's key (default "", bytes not yet checked for UTF-8) and the bytes of its
+/// value (default: no kind), in that order, each at most once.
+fn stream_entry(bytes: &[u8], depth: u32) -> Option<(&[u8], &[u8])> {
     if depth > MAX_DEPTH {
         return None;
     }
     let mut r = Reader(bytes);
-    let mut key = "";
+    let mut key: &[u8] = b"";
     let mut value: &[u8] = &[];
     let mut probe = Reader(r.0);
     if !r.0.is_empty() && probe.key()? == (1, LEN) {
         r = probe;
-        key = r.str()?;
+        key = r.len_delimited()?;
     }
     if !r.0.is_empty() {
         let (2, LEN) = r.key()? else { return None };
         value = r.len_delimited()?;
     }
-    if !r.0.is_empty() || (key.as_bytes().contains(&b'%') && key.contains("%2E")) {
+    if !r.0.is_empty() {
         return None;
     }
     Some((key, value))
@@ -198,8 +236,8 @@ fn stream_value(bytes: &[u8], depth: u32, out: &mut Vec<u8>) -> Option<()> {
             }
         }
         (3, LEN) => {
-            let text = r.str()?;
-            write_with(out, |s| s.serialize_str(text))?;
+            let text = r.len_delimited()?;
+            write_json_str(out, text, scan(text).0)?;
         }
         (4, VARINT) => {
             let b = r.varint()? != 0;
@@ -390,6 +428,7 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     /// prost's `decode_varint`: at most 10 bytes, and a 10th byte of at most 1.
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
         // Tags, lengths and small numbers: one byte.
         if let Some((&byte, rest)) = self.0.split_first()
@@ -415,6 +454,7 @@ impl<'a> Reader<'a> {
 
     /// prost's `decode_key`: (field number, wire type); a key past u32, a wire type
     /// above 5 or field number 0 fail.
+    #[inline]
     fn key(&mut self) -> Option<(u32, u8)> {
         let key = u32::try_from(self.varint()?).ok()?;
         let wire_type = (key & 7) as u8;
@@ -422,12 +462,14 @@ impl<'a> Reader<'a> {
         (wire_type <= 5 && tag >= 1).then_some((tag, wire_type))
     }
 
+    #[inline]
     fn fixed64(&mut self) -> Option<u64> {
         let (bytes, rest) = self.0.split_first_chunk::<8>()?;
         self.0 = rest;
         Some(u64::from_le_bytes(*bytes))
     }
 
+    #[inline]
     fn len_delimited(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.varint()?).ok()?;
         if len > self.0.len() {
@@ -438,6 +480,7 @@ impl<'a> Reader<'a> {
         Some(bytes)
     }
 
+    #[inline]
     fn str(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.len_delimited()?).ok()
     }
@@ -457,6 +500,37 @@ mod tests {
 
     use super::*;
     use crate::envelope::{ProcessedEnvelope, decode_with_prost};
+
+    proptest! {
+        #[test]
+        fn json_strings_are_written_as_serde_json_writes_them(text in any::<String>()) {
+            let mut out = Vec::new();
+            write_json_str(&mut out, text.as_bytes(), scan(text.as_bytes()).0).unwrap();
+            prop_assert_eq!(out, serde_json::to_vec(&text).unwrap());
+        }
+    }
+
+    #[test]
+    fn json_strings_needing_escapes_match_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "nul\0",
+            "\u{1f}",
+            "\u{7f}",
+            "é€😀",
+            "100%2E",
+        ] {
+            let mut out = Vec::new();
+            let (needs_escape, has_percent) = scan(text.as_bytes());
+            assert_eq!(has_percent, text.contains('%'), "{text:?}");
+            write_json_str(&mut out, text.as_bytes(), needs_escape).unwrap();
+            assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
 
     fn from_parts(parts: EnvelopeParts) -> ProcessedEnvelope {
         ProcessedEnvelope {
