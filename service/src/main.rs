@@ -113,7 +113,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         if received == 1 {
             tracing::info!(
                 signal = name,
-                "shutting down: finishing the in-flight batch"
+                "shutting down: finishing the batches in flight"
             );
             shutdown.cancel();
         } else {
@@ -126,7 +126,7 @@ async fn watch_signals(shutdown: CancellationToken) {
 #[cfg(not(unix))]
 async fn watch_signals(shutdown: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
-        tracing::info!("shutting down: finishing the in-flight batch");
+        tracing::info!("shutting down: finishing the batches in flight");
         shutdown.cancel();
     }
 }

@@ -12,9 +12,9 @@
 //! 6. log the effective configuration (the password shows as `***`);
 //! 7. consume, and run the demo producer if configured.
 //!
-//! Shutdown (the token is cancelled, by SIGTERM/SIGINT in `main`): no new pulls; the
-//! in-flight batch finishes (insert then ack, or NAK) within 3/4 of the shutdown
-//! timeout, or is NAKed; acks are flushed; the HTTP server stops last. If all that
+//! Shutdown (the token is cancelled, by SIGTERM/SIGINT in `main`): no new pulls (one
+//! already under way is read to its end); the batches in flight finish (insert then
+//! ack) within 3/4 of the shutdown timeout, or are NAKed; acks are flushed; the HTTP server stops last. If all that
 //! has not happened within the shutdown timeout, `run` returns an error.
 
 use std::future::Future;
