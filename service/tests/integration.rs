@@ -39,6 +39,7 @@ use testkit::strategies;
 testkit::integration_tests!(
     a_batch_of_one_is_stored_field_by_field,
     a_batch_of_10000_is_stored_field_by_field,
+    concurrent_inserts_store_every_row_once_and_ack_every_message,
     a_mixed_batch_stores_the_valid_and_dead_letters_the_invalid,
     an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_it_returns,
     sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing,
@@ -203,6 +204,61 @@ async fn a_batch_of_10000_is_stored_field_by_field(endpoints: Endpoints) -> anyh
         "ponix_writer_batches_total",
         &[("outcome", "committed")],
         1.0,
+    )?;
+    expect_metric(&metrics, "ponix_writer_acks_total", &[], N as f64)?;
+    expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
+    names.stop_writer(writer).await?;
+    names.cleanup(&js, &endpoints).await
+}
+
+/// The pipeline with three INSERTs at once (`PONIX_CLICKHOUSE_INSERT_CONCURRENCY=3`)
+/// and small batches: 6,000 generated envelopes, published before the writer starts,
+/// become 12 batches of 500. Every row is stored exactly once and matches what was
+/// sent, each batch is one INSERT, and every message is acked.
+async fn concurrent_inserts_store_every_row_once_and_ack_every_message(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const N: usize = 6_000;
+    const BATCH: usize = 500;
+    let names = Names::new("concurrent");
+    let js = names.setup(&endpoints).await?;
+    names.create_stream(&js).await?;
+
+    let envelopes = generated_envelopes(N, "concurrent")?;
+    let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
+    publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
+
+    let writer = names
+        .start_writer(
+            &js,
+            "integration-concurrent",
+            &endpoints,
+            &names.writer_vars(&[
+                ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
+                ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "3".into()),
+            ]),
+        )
+        .await?;
+    names.wait_drained(&js, &writer).await?;
+
+    let rows = stored_rows(&endpoints, &names.database).await?;
+    compare_rows(&expected, &rows, Duplicates::Forbidden)?;
+
+    let metrics = writer.metrics()?;
+    let batches = (N / BATCH) as f64;
+    expect_metric(&metrics, "ponix_writer_rows_inserted_total", &[], N as f64)?;
+    expect_metric(
+        &metrics,
+        "ponix_writer_inserts_total",
+        &[("result", "ok")],
+        batches,
+    )?;
+    expect_metric(&metrics, "ponix_writer_inserts_total", &[], batches)?;
+    expect_metric(
+        &metrics,
+        "ponix_writer_batches_total",
+        &[("outcome", "committed")],
+        batches,
     )?;
     expect_metric(&metrics, "ponix_writer_acks_total", &[], N as f64)?;
     expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
