@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+pub use localenv::text::thousands;
 use ponix_writer::config::Config;
 use ponix_writer::sample;
 use prost::Message as _;
@@ -142,11 +143,7 @@ impl Report {
             ));
             rows.push((
                 "writer: CPU, peak RSS (drain)".into(),
-                format!(
-                    "{:.1} s, {}",
-                    drain.usage.cpu.as_secs_f64(),
-                    mib(drain.usage.peak_rss_bytes)
-                ),
+                drain.usage.to_string(),
             ));
         }
         if let Some(latency) = &self.latency {
@@ -173,11 +170,7 @@ impl Report {
             ));
             rows.push((
                 "writer: CPU, peak RSS (latency)".into(),
-                format!(
-                    "{:.1} s, {}",
-                    latency.usage.cpu.as_secs_f64(),
-                    mib(latency.usage.peak_rss_bytes)
-                ),
+                latency.usage.to_string(),
             ));
         }
         for (phase, spent) in &self.cpu {
@@ -400,34 +393,9 @@ fn machine() -> serde_json::Value {
     })
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn the_cpu_clock_of_this_process_moves_with_work() {

@@ -34,6 +34,13 @@ pub struct Usage {
     pub peak_rss_bytes: u64,
 }
 
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = self.peak_rss_bytes as f64 / (1024.0 * 1024.0);
+        write!(f, "{:.1} s, {mib:.0} MiB", self.cpu.as_secs_f64())
+    }
+}
+
 pub struct Drain {
     /// Start of the process until `/readyz` answered 200.
     pub ready: Duration,

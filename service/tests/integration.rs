@@ -159,56 +159,24 @@ async fn a_batch_of_one_is_stored_field_by_field(endpoints: Endpoints) -> anyhow
 /// row is read back and compared with what was sent, field by field.
 async fn a_batch_of_10000_is_stored_field_by_field(endpoints: Endpoints) -> anyhow::Result<()> {
     const N: usize = 10_000;
-    let names = Names::new("bulk");
-    let js = names.setup(&endpoints).await?;
-    names.create_stream(&js).await?;
-
-    let envelopes = generated_envelopes(N, "bulk")?;
-    let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
-    publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
-
-    let writer = names
-        .start_writer(
-            &js,
-            "integration-bulk",
-            &endpoints,
-            &names.writer_vars(&[
-                ("PONIX_NATS_BATCH_SIZE", N.to_string()),
-                (
-                    "PONIX_NATS_BATCH_MAX_BYTES",
-                    (256 * 1024 * 1024).to_string(),
-                ),
-                // The backlog is there before the first pull, which returns as soon as it
-                // holds N messages; the wait only bounds a pull that would fall short.
-                ("PONIX_NATS_BATCH_WAIT_SECS", "10".into()),
-            ]),
-        )
-        .await?;
-    names.wait_drained(&js, &writer).await?;
-
-    let rows = stored_rows(&endpoints, &names.database).await?;
-    compare_rows(&expected, &rows, Duplicates::Forbidden)?;
-
-    let metrics = writer.metrics()?;
-    expect_metric(&metrics, "ponix_writer_rows_inserted_total", &[], N as f64)?;
+    let metrics = drain_generated_backlog(
+        &endpoints,
+        "bulk",
+        N,
+        &[
+            ("PONIX_NATS_BATCH_SIZE", N.to_string()),
+            (
+                "PONIX_NATS_BATCH_MAX_BYTES",
+                (256 * 1024 * 1024).to_string(),
+            ),
+            // The backlog is there before the first pull, which returns as soon as it
+            // holds N messages; the wait only bounds a pull that would fall short.
+            ("PONIX_NATS_BATCH_WAIT_SECS", "10".into()),
+        ],
+    )
+    .await?;
     // One pull, one INSERT: this really was a batch of 10,000.
-    expect_metric(
-        &metrics,
-        "ponix_writer_inserts_total",
-        &[("result", "ok")],
-        1.0,
-    )?;
-    expect_metric(&metrics, "ponix_writer_inserts_total", &[], 1.0)?;
-    expect_metric(
-        &metrics,
-        "ponix_writer_batches_total",
-        &[("outcome", "committed")],
-        1.0,
-    )?;
-    expect_metric(&metrics, "ponix_writer_acks_total", &[], N as f64)?;
-    expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
-    names.stop_writer(writer).await?;
-    names.cleanup(&js, &endpoints).await
+    expect_one_insert_per_batch(&metrics, N, 1)
 }
 
 /// The pipeline with three INSERTs at once (`PONIX_CLICKHOUSE_INSERT_CONCURRENCY=3`)
@@ -220,50 +188,79 @@ async fn concurrent_inserts_store_every_row_once_and_ack_every_message(
 ) -> anyhow::Result<()> {
     const N: usize = 6_000;
     const BATCH: usize = 500;
-    let names = Names::new("concurrent");
-    let js = names.setup(&endpoints).await?;
+    let metrics = drain_generated_backlog(
+        &endpoints,
+        "concurrent",
+        N,
+        &[
+            ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
+            ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "3".into()),
+        ],
+    )
+    .await?;
+    expect_one_insert_per_batch(&metrics, N, N / BATCH)
+}
+
+/// Publishes `n` generated envelopes, starts the writer with `vars` on that backlog,
+/// waits until it drained, compares every stored row with what was sent (no
+/// duplicates allowed), stops the writer and cleans up. Returns its last metrics.
+async fn drain_generated_backlog(
+    endpoints: &Endpoints,
+    tag: &str,
+    n: usize,
+    vars: &[(&'static str, String)],
+) -> anyhow::Result<String> {
+    let names = Names::new(tag);
+    let js = names.setup(endpoints).await?;
     names.create_stream(&js).await?;
 
-    let envelopes = generated_envelopes(N, "concurrent")?;
+    let envelopes = generated_envelopes(n, tag)?;
     let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
     publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
 
     let writer = names
         .start_writer(
             &js,
-            "integration-concurrent",
-            &endpoints,
-            &names.writer_vars(&[
-                ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
-                ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "3".into()),
-            ]),
+            &format!("integration-{tag}"),
+            endpoints,
+            &names.writer_vars(vars),
         )
         .await?;
     names.wait_drained(&js, &writer).await?;
 
-    let rows = stored_rows(&endpoints, &names.database).await?;
+    let rows = stored_rows(endpoints, &names.database).await?;
     compare_rows(&expected, &rows, Duplicates::Forbidden)?;
-
     let metrics = writer.metrics()?;
-    let batches = (N / BATCH) as f64;
-    expect_metric(&metrics, "ponix_writer_rows_inserted_total", &[], N as f64)?;
+    names.stop_writer(writer).await?;
+    names.cleanup(&js, endpoints).await?;
+    Ok(metrics)
+}
+
+/// `rows` rows in `batches` batches, each committed by exactly one INSERT, every
+/// message acked and none dead-lettered.
+fn expect_one_insert_per_batch(metrics: &str, rows: usize, batches: usize) -> anyhow::Result<()> {
+    let batches = batches as f64;
     expect_metric(
-        &metrics,
+        metrics,
+        "ponix_writer_rows_inserted_total",
+        &[],
+        rows as f64,
+    )?;
+    expect_metric(
+        metrics,
         "ponix_writer_inserts_total",
         &[("result", "ok")],
         batches,
     )?;
-    expect_metric(&metrics, "ponix_writer_inserts_total", &[], batches)?;
+    expect_metric(metrics, "ponix_writer_inserts_total", &[], batches)?;
     expect_metric(
-        &metrics,
+        metrics,
         "ponix_writer_batches_total",
         &[("outcome", "committed")],
         batches,
     )?;
-    expect_metric(&metrics, "ponix_writer_acks_total", &[], N as f64)?;
-    expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
-    names.stop_writer(writer).await?;
-    names.cleanup(&js, &endpoints).await
+    expect_metric(metrics, "ponix_writer_acks_total", &[], rows as f64)?;
+    expect_metric(metrics, "ponix_writer_dead_lettered_total", &[], 0.0)
 }
 
 // ---------------------------------------------------------------------------

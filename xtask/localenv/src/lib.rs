@@ -7,5 +7,6 @@ pub mod layout;
 pub mod local;
 pub mod net;
 pub mod process;
+pub mod text;
 
 pub use layout::Layout;
