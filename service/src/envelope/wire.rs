@@ -828,10 +828,67 @@ mod tests {
         run_agreement(prop::collection::vec(any::<u8>(), 0..64), 2000);
     }
 
+    /// The streamed text as `payload_json` takes it: `None` where streaming declines,
+    /// and where the text is not UTF-8 (a key or string was not: streaming copies them
+    /// unchecked), in which case the tree, which checks each one, must decline too.
     fn streamed(bytes: &[u8]) -> Option<String> {
         let mut out = Vec::new();
         stream_object(bytes, 1, &mut out)?;
-        Some(String::from_utf8(out).expect("UTF-8"))
+        match String::from_utf8(out) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                assert!(
+                    from_tree(bytes).is_none(),
+                    "the stream copied invalid UTF-8 where the tree answers: {bytes:?}"
+                );
+                None
+            }
+        }
+    }
+
+    /// A key or a string value that is not UTF-8 is copied by the stream but caught by
+    /// the one check at the end, so the payload (and the fast path) declines, and the
+    /// envelope goes to prost, which refuses it.
+    #[test]
+    fn invalid_utf8_in_a_key_or_a_string_makes_the_payload_decline() {
+        // Struct { "k": Value { string_value: [byte] } } and Struct { [byte]: null }.
+        let with_string =
+            |byte: u8| vec![0x0A, 0x08, 0x0A, 0x01, b'k', 0x12, 0x03, 0x1A, 0x01, byte];
+        let with_key = |byte: u8| vec![0x0A, 0x03, 0x0A, 0x01, byte];
+        // A valid envelope without a payload, then the payload as field 3.
+        let envelope = |payload: &[u8]| {
+            let mut bytes = ProcessedEnvelope {
+                end_device_id: "d".into(),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                data: None,
+                processed_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_001,
+                    nanos: 0,
+                }),
+                organization_id: "o".into(),
+            }
+            .encode_to_vec();
+            bytes.push(0x1A);
+            bytes.push(u8::try_from(payload.len()).unwrap());
+            bytes.extend_from_slice(payload);
+            bytes
+        };
+        for build in [&with_string as &dyn Fn(u8) -> Vec<u8>, &with_key] {
+            // The same shape with a valid byte takes the fast path, so it is the UTF-8
+            // check that makes the difference below.
+            assert!(decode_valid(&envelope(&build(b'x'))).is_some());
+
+            let bytes = build(0x8A);
+            let mut out = Vec::new();
+            assert!(stream_object(&bytes, 1, &mut out).is_some(), "{bytes:?}");
+            assert!(std::str::from_utf8(&out).is_err(), "{bytes:?}");
+            assert_eq!(payload_json(&bytes), None, "{bytes:?}");
+            assert!(decode_valid(&envelope(&bytes)).is_none(), "{bytes:?}");
+            assert!(decode_with_prost(&envelope(&bytes)).is_err(), "{bytes:?}");
+        }
     }
 
     fn from_tree(bytes: &[u8]) -> Option<String> {
