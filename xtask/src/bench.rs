@@ -99,11 +99,15 @@ pub fn run_bench(sh: &Shell, layout: &Layout, options: &Options) -> anyhow::Resu
         }
     }
     let (success, output) = run_showing_output(bench).context("running ponix-bench")?;
-    if !success {
+    let interrupted = localenv::interrupt::interrupted();
+    if !success && !interrupted {
         local::dump_logs(layout);
     }
     eprintln!("[bench] tearing down ...");
     environment.teardown()?;
+    if interrupted {
+        bail!("interrupted; the environment is torn down");
+    }
     if !success {
         bail!(
             "the bench failed; the writer's logs are in {}",
