@@ -24,6 +24,8 @@ use crate::pins::Pins;
 use crate::tools_lint;
 
 const WORKFLOWS_DIR: &str = ".github/workflows";
+/// Shapes the image's build context (the repository root).
+const DOCKERIGNORE: &str = ".dockerignore";
 /// Shell scripts checked with shellcheck.
 const SHELL_SCRIPTS: &[&str] = &["docker/healthcheck.sh", ".ci/run"];
 
@@ -212,6 +214,8 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
             .with_context(|| format!("reading {relative}"))
     };
     let dockerfile = read(DOCKERFILE)?;
+    let dockerignore = read(DOCKERIGNORE)?;
+    let manifest = read("Cargo.toml")?;
     let compose_text = read(COMPOSE_FILE)?;
     let settings = compose::load_settings(&layout.root)?;
     let mut workflows = Vec::new();
@@ -226,6 +230,7 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
 
     let mut problems = Vec::new();
     problems.extend(dockerfile_problems(&dockerfile));
+    problems.extend(build_context_problems(&manifest, &dockerignore));
     problems.extend(compose_problems(&compose_text));
     problems.extend(pin_problems(pins));
     problems.extend(settings_problems(&settings));
@@ -244,7 +249,52 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
             problems.join("\n  ")
         );
     }
-    Ok("pins, build args, credentials and action pins agree".into())
+    Ok("pins, build args, build context, credentials and action pins agree".into())
+}
+
+/// The image is built from a context that `.dockerignore` empties and then refills
+/// directory by directory. Cargo loads every workspace member even to build one
+/// package, so a member left out of the context breaks the image build (only on a
+/// Docker host, long after the change): every member's top directory must be
+/// re-included.
+fn build_context_problems(manifest: &str, dockerignore: &str) -> Vec<String> {
+    let Some(members) = workspace_members(manifest) else {
+        return vec!["Cargo.toml: no `members = [...]` under [workspace]".to_owned()];
+    };
+    let included: Vec<&str> = dockerignore
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix('!'))
+        .map(|path| path.trim_end_matches('/'))
+        .collect();
+    members
+        .iter()
+        .filter(|member| {
+            let top = member.split('/').next().unwrap_or(member);
+            !included.contains(&top)
+        })
+        .map(|member| {
+            format!(
+                "{DOCKERIGNORE}: workspace member {member} is not in the image's build context; add `!{}/`",
+                member.split('/').next().unwrap_or(member)
+            )
+        })
+        .collect()
+}
+
+/// The paths in the root manifest's `members = [...]` (on one line, as written).
+fn workspace_members(manifest: &str) -> Option<Vec<String>> {
+    let line = manifest
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("members"))?;
+    let list = line.split_once('=')?.1.trim();
+    let list = list.strip_prefix('[')?.strip_suffix(']')?;
+    Some(
+        list.split(',')
+            .map(|item| item.trim().trim_matches('"').to_owned())
+            .filter(|item| !item.is_empty())
+            .collect(),
+    )
 }
 
 /// Build args exactly as xtask passes them, none with a default, base images only
@@ -540,6 +590,22 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn every_workspace_member_must_be_in_the_build_context() {
+        let manifest = "[workspace]\nresolver = \"3\"\nmembers = [\"service\", \"bench\", \"xtask\", \"xtask/localenv\"]\n";
+        assert_eq!(
+            workspace_members(manifest).unwrap(),
+            ["service", "bench", "xtask", "xtask/localenv"]
+        );
+        let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n";
+        assert_eq!(
+            build_context_problems(manifest, ignore),
+            [".dockerignore: workspace member bench is not in the image's build context; add `!bench/`"]
+        );
+        assert!(build_context_problems(manifest, &format!("{ignore}!bench/\n")).is_empty());
+        assert_eq!(build_context_problems("[package]\n", ignore).len(), 1);
     }
 
     #[test]
