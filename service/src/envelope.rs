@@ -315,7 +315,8 @@ mod tests {
         decode(&envelope.encode_to_vec())
     }
 
-    fn from_parts(parts: EnvelopeParts) -> ProcessedEnvelope {
+    /// The envelope generated parts describe; the wire tests use it too.
+    pub(super) fn from_parts(parts: EnvelopeParts) -> ProcessedEnvelope {
         ProcessedEnvelope {
             end_device_id: parts.end_device_id,
             occurred_at: Some(parts.occurred_at),

@@ -602,7 +602,9 @@ mod tests {
         let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n";
         assert_eq!(
             build_context_problems(manifest, ignore),
-            [".dockerignore: workspace member bench is not in the image's build context; add `!bench/`"]
+            [
+                ".dockerignore: workspace member bench is not in the image's build context; add `!bench/`"
+            ]
         );
         assert!(build_context_problems(manifest, &format!("{ignore}!bench/\n")).is_empty());
         assert_eq!(build_context_problems("[package]\n", ignore).len(), 1);

@@ -494,11 +494,12 @@ mod tests {
     use proptest::test_runner::{Config, TestRunner};
     use prost::Message as _;
     use testkit::strategies::{
-        EnvelopeParts, arb_envelope_parts, arb_finite_number, arb_id, arb_key, arb_string,
-        arb_timestamp_any, arb_timestamp_in_range,
+        arb_envelope_parts, arb_finite_number, arb_id, arb_key, arb_string, arb_timestamp_any,
+        arb_timestamp_in_range,
     };
 
     use super::*;
+    use crate::envelope::tests::from_parts;
     use crate::envelope::{ProcessedEnvelope, decode_with_prost};
 
     proptest! {
@@ -529,16 +530,6 @@ mod tests {
             assert_eq!(has_percent, text.contains('%'), "{text:?}");
             write_json_str(&mut out, text.as_bytes(), needs_escape).unwrap();
             assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
-        }
-    }
-
-    fn from_parts(parts: EnvelopeParts) -> ProcessedEnvelope {
-        ProcessedEnvelope {
-            end_device_id: parts.end_device_id,
-            occurred_at: Some(parts.occurred_at),
-            data: parts.data,
-            processed_at: Some(parts.processed_at),
-            organization_id: parts.organization_id,
         }
     }
 
