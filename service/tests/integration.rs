@@ -678,17 +678,10 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
         resumed.elapsed()
     );
 
-    let rows = stored_rows(&private, &names.database).await?;
-    let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
-    let duplicates = compare_rows(&expected, &rows, Duplicates::Allowed)?;
-    eprintln!(
-        "hang: {N} messages stored as {} rows ({duplicates} duplicates)",
-        rows.len()
-    );
-    names.stop_writer(writer).await?;
-    names.delete_streams(&js).await?;
-    blocking(move || drop(clickhouse));
-    Ok(())
+    expect_all_stored_and_clean_up(
+        "hang", &names, &js, &private, &envelopes, writer, clickhouse,
+    )
+    .await
 }
 
 /// A backlog drained in batches of 500 from a private ClickHouse. Once part of it is
@@ -807,15 +800,34 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
         restarted.elapsed()
     );
 
-    let rows = stored_rows(&private, &names.database).await?;
+    expect_all_stored_and_clean_up(
+        "slow", &names, &js, &private, &envelopes, writer, clickhouse,
+    )
+    .await
+}
+
+/// The end of the SIGTERM tests: every envelope is stored (re-inserts allowed: what
+/// they prove is that nothing is lost), then the second writer is stopped, the
+/// streams deleted and the private ClickHouse dropped.
+async fn expect_all_stored_and_clean_up(
+    label: &str,
+    names: &Names,
+    js: &jetstream::Context,
+    private: &Endpoints,
+    envelopes: &[ProcessedEnvelope],
+    writer: WriterProcess,
+    clickhouse: Managed,
+) -> anyhow::Result<()> {
+    let rows = stored_rows(private, &names.database).await?;
     let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
     let duplicates = compare_rows(&expected, &rows, Duplicates::Allowed)?;
     eprintln!(
-        "slow: {N} messages stored as {} rows ({duplicates} duplicates)",
+        "{label}: {} messages stored as {} rows ({duplicates} duplicates)",
+        envelopes.len(),
         rows.len()
     );
     names.stop_writer(writer).await?;
-    names.delete_streams(&js).await?;
+    names.delete_streams(js).await?;
     blocking(move || drop(clickhouse));
     Ok(())
 }
