@@ -27,6 +27,8 @@ mod rig;
 #[path = "drills/scenarios.rs"]
 mod scenarios;
 mod support;
+#[path = "drills/trap.rs"]
+mod trap;
 #[path = "drills/writer.rs"]
 mod writer;
 

@@ -62,6 +62,8 @@ pub struct Progress {
     /// Rows in the table (copies included), polled by the monitor; stale while
     /// ClickHouse does not answer.
     pub rows: AtomicU64,
+    /// How many of its last ids the publisher holds back until the drill lowers this.
+    pub withheld: AtomicU64,
     pub stop: AtomicBool,
 }
 
@@ -201,6 +203,12 @@ impl Rig {
             .map_err(|err| anyhow::anyhow!("the drill's writer configuration: {err}"))
     }
 
+    /// Overrides one of the writer's variables for every later start.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.to_owned(), value.to_owned()));
+    }
+
     pub fn setting(&self, key: &str) -> Option<&str> {
         self.vars
             .iter()
@@ -309,6 +317,7 @@ impl Rig {
     /// Publishes every envelope of `plan` in the background. With `lead`, it stays at
     /// most that many messages ahead of the rows stored, so that publishing goes on
     /// while the faults happen; without, it publishes as fast as JetStream takes it.
+    /// Either way it holds back the last `progress.withheld` ids.
     pub fn start_publishing(
         &self,
         plan: &Plan,
@@ -478,15 +487,26 @@ async fn publish(
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
     let ids: Vec<u64> = ids.collect();
-    for chunk in ids.chunks(PUBLISH_CHUNK) {
-        if let Some(lead) = lead {
-            while progress.published.load(Ordering::Relaxed) > progress.rows() + lead {
-                if progress.stop.load(Ordering::Relaxed) {
-                    bail!("the drill stopped before everything was published");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut sent = 0;
+    while sent < ids.len() {
+        let releasable = |progress: &Progress| {
+            let withheld = progress.withheld.load(Ordering::Relaxed) as usize;
+            ids.len().saturating_sub(withheld)
+        };
+        loop {
+            let too_far_ahead = lead.is_some_and(|lead| {
+                progress.published.load(Ordering::Relaxed) > progress.rows() + lead
+            });
+            if !too_far_ahead && sent < releasable(&progress) {
+                break;
             }
+            if progress.stop.load(Ordering::Relaxed) {
+                bail!("the drill stopped before everything was published");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let chunk = &ids[sent..releasable(&progress).clamp(sent, sent + PUBLISH_CHUNK)];
+        sent += chunk.len();
         let started = Instant::now();
         let mut pending: Vec<u64> = chunk.to_vec();
         let mut pause = Duration::from_millis(100);

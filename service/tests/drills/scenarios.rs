@@ -5,6 +5,7 @@
 //! has a lower bound in time where the fault is defined by one (longer than AckWait,
 //! longer than the insert timeout).
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -13,6 +14,7 @@ use crate::plan::Plan;
 use crate::report::Report;
 use crate::rig::{Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE, blocking};
 use crate::support::wait_for;
+use crate::trap::{Cut, InsertTrap};
 use crate::writer::{Metrics, Writer, names};
 
 /// The longest wait for a fault's precondition (rows stored, failures seen).
@@ -304,57 +306,73 @@ enum Kill {
     Random,
     /// During start-up: after the HTTP endpoint answers, before the writer is ready.
     Startup,
-    /// While an INSERT runs on the server: the writer is frozen, the INSERT is left to
-    /// finish, then the writer is killed. If the INSERT committed, its messages were
-    /// stored and never acknowledged.
-    MidInsert,
+    /// With an INSERT half sent: ClickHouse has its head, not its body.
+    InsertUnsent,
+    /// With an INSERT committed and its answer withheld: its messages are stored and
+    /// never acknowledged, so they come back and are inserted a second time.
+    InsertCommitted,
 }
 
-/// writer-kill: SIGKILL the writer many times at random points and restart it,
-/// including between a committed INSERT and its acks.
+/// Messages the publisher holds back for each INSERT kill, released once the trap is
+/// armed, so that an INSERT follows however far the writer had got.
+const RELEASED_PER_TRAP: u64 = 100;
+
+/// writer-kill: SIGKILL the writer many times and restart it: at random points, during
+/// start-up, with an INSERT half sent, and between a committed INSERT and its acks.
+/// The writer reaches ClickHouse through an [`InsertTrap`], which stops the next
+/// INSERT exactly where the kill is wanted.
 pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
     let name = "writer-kill";
+    use Kill::*;
+    let planned = [
+        Random,
+        InsertUnsent,
+        Random,
+        Startup,
+        InsertCommitted,
+        Random,
+        InsertUnsent,
+        InsertCommitted,
+    ];
+    let traps = planned
+        .iter()
+        .filter(|kind| matches!(kind, InsertUnsent | InsertCommitted))
+        .count() as u64;
+    ensure!(
+        messages >= 2 * traps * RELEASED_PER_TRAP,
+        "writer-kill needs at least {} messages",
+        2 * traps * RELEASED_PER_TRAP
+    );
     // Small batches: many INSERTs, so many points to kill at.
     let mut rig = Rig::new(name, &[("PONIX_NATS_BATCH_SIZE", "100")], Schema::Current).await?;
+    let trap = InsertTrap::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], rig.clickhouse.port())),
+        TABLE,
+    )
+    .await?;
+    rig.set("PONIX_CLICKHOUSE_URL", &trap.url());
     let plan = Plan::valid(name, messages);
     let mut writer = Writer::start(&rig.vars, &rig.log).await?;
     rig.start_monitor();
+    let mut withheld = traps * RELEASED_PER_TRAP;
+    rig.progress.withheld.store(withheld, Ordering::Relaxed);
     // At most three batches ahead of the rows stored, so that publishing goes on
     // until the last kill.
     let publishing = rig.start_publishing(&plan, 1..=plan.total, Some(300));
 
-    use Kill::*;
-    let planned = [
-        Random, MidInsert, Random, Startup, MidInsert, Random, MidInsert, Random,
-    ];
-    const EXTRA_ATTEMPTS: usize = 12;
-    let spacing = (messages / (planned.len() as u64 + 2)).max(1);
+    let spacing = messages / (planned.len() as u64 + 2);
     let mut totals = Metrics::default();
-    let mut kills = Vec::new();
     let mut committed_unacked = 0u32;
-    let mut kill_points = Vec::new();
-    for (index, kind) in planned
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(MidInsert, EXTRA_ATTEMPTS))
-        .enumerate()
-    {
-        if index >= planned.len() && committed_unacked > 0 {
-            break;
-        }
-        if index < planned.len() {
-            let mark = (index as u64 + 1) * spacing + fastrand::u64(0..=spacing / 2);
-            rig.wait_rows(mark.min(messages * 9 / 10), FAULT_TIMEOUT)
-                .await?;
-        }
+    for (index, kind) in planned.iter().copied().enumerate() {
+        // Rows count copies, so the stored rows reach every mark below what may be
+        // published, even while the writer is far behind.
+        let mark = (index as u64 + 1) * spacing + fastrand::u64(0..=spacing / 2);
+        rig.wait_rows(mark.min(messages - withheld), FAULT_TIMEOUT)
+            .await?;
+        writer.scrape_or_keep();
         match kind {
-            Random => {
-                writer.scrape_or_keep();
-                kill_points.push(rig.progress.rows());
-                totals.add(&writer.kill().await?);
-            }
+            Random => {}
             Startup => {
-                writer.scrape_or_keep();
                 totals.add(&writer.kill().await?);
                 let starting = Writer::spawn(&rig.vars, &rig.log)?;
                 let port = starting.http_port;
@@ -369,18 +387,37 @@ pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
                     },
                 )
                 .await?;
-                starting.kill().await?;
+                writer = starting;
             }
-            MidInsert => {
-                let Some(outcome) = kill_mid_insert(&rig, &mut writer).await? else {
-                    // No INSERT ran any more: the stream is consumed.
-                    break;
+            InsertUnsent | InsertCommitted => {
+                let cut = if kind == InsertUnsent {
+                    Cut::BeforeBody
+                } else {
+                    Cut::BeforeAnswer
                 };
-                committed_unacked += u32::from(outcome.committed);
-                totals.add(&writer.kill().await?);
+                let caught = trap.arm(cut);
+                withheld -= RELEASED_PER_TRAP;
+                rig.progress.withheld.store(withheld, Ordering::Relaxed);
+                let caught = tokio::time::timeout(FAULT_TIMEOUT, caught)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "no INSERT reached the trap within {FAULT_TIMEOUT:?} of {RELEASED_PER_TRAP} messages more being published; the writer's log ends with:\n{}",
+                            writer.log_tail(30)
+                        )
+                    })?
+                    .context("the INSERT trap closed")?;
+                if kind == InsertCommitted {
+                    ensure!(
+                        caught.committed,
+                        "the trapped INSERT did not commit; the writer's log ends with:\n{}",
+                        writer.log_tail(30)
+                    );
+                    committed_unacked += 1;
+                }
             }
         }
-        kills.push(kind);
+        totals.add(&writer.kill().await?);
         writer = Writer::start(&rig.vars, &rig.log).await?;
     }
 
@@ -394,23 +431,15 @@ pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
         fault_over,
     )
     .await?;
-    let count = |k: Kill| kills.iter().filter(|x| **x == k).count();
+    let count = |k: Kill| planned.iter().filter(|x| **x == k).count();
     report.note(format!(
-        "{} SIGKILLs ({} random, {} during start-up, {} mid-INSERT), {} between a committed INSERT and its acks",
-        kills.len(),
+        "{} SIGKILLs: {} at random, {} during start-up, {} with an INSERT half sent, {} between a committed INSERT and its acks",
+        planned.len(),
         count(Random),
         count(Startup),
-        count(MidInsert),
+        count(InsertUnsent),
         committed_unacked
     ));
-    report.require(
-        kills.len() >= planned.len(),
-        format!("only {} of {} kills happened", kills.len(), planned.len()),
-    );
-    report.require(
-        committed_unacked > 0,
-        "no kill landed between a committed INSERT and its acks",
-    );
     report.require(
         report.redeliveries > 0,
         "no redelivery was observed after the kills",
@@ -422,48 +451,6 @@ pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
         "no committed row came back to be inserted again",
     );
     Ok(report)
-}
-
-struct MidInsert {
-    /// The INSERT committed while the writer was frozen, so its acks never went out.
-    committed: bool,
-}
-
-/// Waits for an INSERT of the writer to be running on the server, freezes the writer,
-/// lets the INSERT finish, and reports whether it committed. `None` if no INSERT ran
-/// within a while (nothing left to consume).
-async fn kill_mid_insert(rig: &Rig, writer: &mut Writer) -> anyhow::Result<Option<MidInsert>> {
-    const RUNNING: &str = "SELECT count() FROM system.processes \
-        WHERE query_kind = 'Insert' AND query LIKE '%processed_envelopes%'";
-    // One snapshot: is an INSERT running, and how many rows are there without it.
-    let snapshot = format!(
-        "SELECT toUInt64(assumeNotNull(({RUNNING}) * 1000000000000 + (SELECT count() FROM {TABLE})))"
-    );
-    // Scraped first: once an INSERT is seen, the writer is frozen at once.
-    writer.scrape_or_keep();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let rows_before = loop {
-        let seen = rig.number(&snapshot).await?;
-        if seen >= 1_000_000_000_000 {
-            break seen % 1_000_000_000_000;
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    writer.freeze()?;
-    // The frozen writer cannot send the rest of a body; the server then waits for it,
-    // so do not wait for that INSERT forever.
-    let _ = wait_for("the INSERT to finish", Duration::from_secs(10), || async {
-        let running = rig.number(RUNNING).await?;
-        Ok(if running == 0 { Ok(()) } else { Err(running) })
-    })
-    .await;
-    let rows_after = rig.rows().await?;
-    Ok(Some(MidInsert {
-        committed: rows_after > rows_before,
-    }))
 }
 
 /// poison: 1% of the envelopes are undecodable or invalid (five kinds). Every valid

@@ -1,4 +1,4 @@
-//! The writer binary as a child process that a drill can kill, freeze and restart,
+//! The writer binary as a child process that a drill can kill and restart,
 //! and the metrics it served, summed over every incarnation.
 
 use std::collections::BTreeMap;
@@ -104,18 +104,6 @@ impl Writer {
             self.last_scrape = Metrics::parse(&response.body);
         }
         &self.last_scrape
-    }
-
-    /// SIGSTOP: the writer keeps its connections but does nothing until killed.
-    pub fn freeze(&self) -> anyhow::Result<()> {
-        let recorded = process::Recorded {
-            name: "ponix-writer".to_owned(),
-            pid: self.pid,
-            argv: vec![env!("CARGO_BIN_EXE_ponix-writer").into()],
-            run_dir: PathBuf::new(),
-            log: self.log.clone(),
-        };
-        recorded.freeze()
     }
 
     /// SIGKILL, as a crash would; returns the metrics last scraped from it.
