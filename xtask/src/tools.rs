@@ -49,29 +49,77 @@ pub fn install_runtime(sh: &Shell, layout: &Layout) -> anyhow::Result<Pins> {
 
 fn install_goose(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {
     let version = pins.goose_version()?;
-    let goose = layout.goose();
-    if installed_version(sh, &goose, "--version").is_some_and(|out| reports(&out, version)) {
-        eprintln!("[tools] goose {version}: already installed");
+    let goose = GoTool {
+        name: "goose",
+        version,
+        package: "github.com/pressly/goose/v3/cmd/goose",
+        build_tags: GOOSE_BUILD_TAGS,
+        binary: &layout.goose(),
+        version_flag: "--version",
+    };
+    install_go_tool(sh, layout, &goose, || {
+        download_goose_release(sh, layout, pins, version)
+    })
+}
+
+/// A tool built from its source with `go install` into `.tools/bin`.
+pub(crate) struct GoTool<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The package path without `@version`.
+    pub package: &'a str,
+    /// Space-separated, or empty.
+    pub build_tags: &'a str,
+    pub binary: &'a Path,
+    /// The flag that makes the binary print its version.
+    pub version_flag: &'a str,
+}
+
+/// Installs `tool` at its pinned version unless it is already there: with `go
+/// install` where Go is on PATH, else with `without_go` (which may fail with what to
+/// do instead). Either way the installed binary must report the pinned version.
+pub(crate) fn install_go_tool(
+    sh: &Shell,
+    layout: &Layout,
+    tool: &GoTool,
+    without_go: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let GoTool {
+        name,
+        version,
+        package,
+        build_tags,
+        binary,
+        version_flag,
+    } = *tool;
+    if installed_version(sh, binary, version_flag).is_some_and(|out| reports(&out, version)) {
+        eprintln!("[tools] {name} {version}: already installed");
         return Ok(());
     }
     let started = Instant::now();
     if find_on_path("go").is_some() {
-        eprintln!("[tools] goose {version}: building with `go install` (about a minute) ...");
-        let bin = layout.bin_dir();
-        let package = format!("github.com/pressly/goose/v3/cmd/goose@{version}");
-        cmd!(sh, "go install -tags {GOOSE_BUILD_TAGS} {package}")
-            .env("GOBIN", &bin)
+        eprintln!("[tools] {name} {version}: building with `go install` (about a minute) ...");
+        let tags: &[&str] = if build_tags.is_empty() {
+            &[]
+        } else {
+            &["-tags", build_tags]
+        };
+        let versioned = format!("{package}@{version}");
+        cmd!(sh, "go install {tags...} {versioned}")
+            .env("GOBIN", layout.bin_dir())
             .run()
-            .context("`go install` of goose failed; check that Go 1.24+ and the Go module proxy are reachable")?;
+            .with_context(|| {
+                format!("`go install` of {name} failed; check that Go and the Go module proxy are reachable")
+            })?;
     } else {
-        download_goose_release(sh, layout, pins, version)?;
+        without_go()?;
     }
-    let reported = installed_version(sh, &goose, "--version").unwrap_or_default();
+    let reported = installed_version(sh, binary, version_flag).unwrap_or_default();
     if !reports(&reported, version) {
-        bail!("installed goose reports {reported:?}, expected {version}");
+        bail!("installed {name} reports {reported:?}, expected {version}");
     }
     eprintln!(
-        "[tools] goose {version}: installed in {:.0?}",
+        "[tools] {name} {version}: installed in {:.0?}",
         started.elapsed()
     );
     Ok(())
@@ -137,36 +185,22 @@ fn sha256(sh: &Shell, path: &Path) -> anyhow::Result<String> {
 
 fn install_nats_server(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {
     let version = pins.nats_server_version()?;
-    let nats = layout.nats_server();
-    if installed_version(sh, &nats, "--version").is_some_and(|out| reports(&out, version)) {
-        eprintln!("[tools] nats-server {version}: already installed");
-        return Ok(());
-    }
-    if find_on_path("go").is_none() {
+    let binary = layout.nats_server();
+    let nats = GoTool {
+        name: "nats-server",
+        version,
+        package: "github.com/nats-io/nats-server/v2",
+        build_tags: "",
+        binary: &binary,
+        version_flag: "--version",
+    };
+    install_go_tool(sh, layout, &nats, || {
         bail!(
             "Go is needed to build nats-server {version}: install Go, or place nats-server \
              {version} at {}",
-            nats.display()
-        );
-    }
-    let started = Instant::now();
-    eprintln!("[tools] nats-server {version}: building with `go install` (about a minute) ...");
-    let package = format!("github.com/nats-io/nats-server/v2@{version}");
-    cmd!(sh, "go install {package}")
-        .env("GOBIN", layout.bin_dir())
-        .run()
-        .context(
-            "`go install` of nats-server failed; check that the Go module proxy is reachable",
-        )?;
-    let reported = installed_version(sh, &nats, "--version").unwrap_or_default();
-    if !reports(&reported, version) {
-        bail!("installed nats-server reports {reported:?}, expected {version}");
-    }
-    eprintln!(
-        "[tools] nats-server {version}: installed in {:.0?}",
-        started.elapsed()
-    );
-    Ok(())
+            binary.display()
+        )
+    })
 }
 
 /// The venv is rebuilt whenever requirements.txt differs from the copy stored in it.

@@ -15,7 +15,7 @@ use localenv::local::find_on_path;
 use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
-use crate::tools::{installed_version, reports};
+use crate::tools::{GoTool, install_go_tool, installed_version};
 
 /// The PyPI linters: (package, its pin in pins.env, the executable it installs).
 pub const PYTHON_LINTERS: &[(&str, &str, &str)] = &[
@@ -56,35 +56,21 @@ pub fn install_linters(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Resu
 fn install_actionlint(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<()> {
     let version = pins.get("ACTIONLINT_VERSION")?;
     let binary = actionlint(layout);
-    if installed_version(sh, &binary, "-version").is_some_and(|out| reports(&out, version)) {
-        eprintln!("[tools] actionlint {version}: already installed");
-        return Ok(());
-    }
-    if find_on_path("go").is_none() {
+    let tool = GoTool {
+        name: "actionlint",
+        version,
+        package: "github.com/rhysd/actionlint/cmd/actionlint",
+        build_tags: "",
+        binary: &binary,
+        version_flag: "-version",
+    };
+    install_go_tool(sh, layout, &tool, || {
         bail!(
             "Go is needed to build actionlint {version}: install Go, or place actionlint \
              {version} at {}",
             binary.display()
-        );
-    }
-    let started = Instant::now();
-    eprintln!("[tools] actionlint {version}: building with `go install` ...");
-    let package = format!("github.com/rhysd/actionlint/cmd/actionlint@{version}");
-    cmd!(sh, "go install {package}")
-        .env("GOBIN", layout.bin_dir())
-        .run()
-        .context(
-            "`go install` of actionlint failed; check that the Go module proxy is reachable",
-        )?;
-    let reported = installed_version(sh, &binary, "-version").unwrap_or_default();
-    if !reports(&reported, version) {
-        bail!("installed actionlint reports {reported:?}, expected {version}");
-    }
-    eprintln!(
-        "[tools] actionlint {version}: installed in {:.0?}",
-        started.elapsed()
-    );
-    Ok(())
+        )
+    })
 }
 
 /// `pip install` arguments: `package==version` for each Python linter.

@@ -10,8 +10,6 @@ use anyhow::{Context, bail};
 use testkit::localenv::{net, process};
 use tokio::process::{Child, Command};
 
-use crate::support::wait_for;
-
 /// One run of `ponix-writer`. Its output is appended to the drill's log, so that the
 /// log covers every incarnation.
 pub struct Writer {
@@ -64,22 +62,13 @@ impl Writer {
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let port = self.http_port;
-        let result = wait_for("ponix-writer /readyz", Duration::from_secs(90), || {
-            let exited = self.child.try_wait();
-            async move {
-                if let Some(status) = exited? {
-                    bail!("ponix-writer exited with {status} before it was ready");
-                }
-                Ok(match net::http_get(port, "/readyz") {
-                    Ok(response) if response.status == 200 => Ok(()),
-                    Ok(response) => Err(format!("{} {}", response.status, response.body.trim())),
-                    Err(err) => Err(err.to_string()),
-                })
-            }
-        })
-        .await;
-        result.with_context(|| format!("the writer's log ends with:\n{}", self.log_tail(40)))
+        crate::support::writer::wait_until_ready(
+            &mut self.child,
+            self.http_port,
+            &self.log,
+            Duration::from_secs(90),
+        )
+        .await
     }
 
     /// `/readyz`: the status and body, or `None` while it does not answer.

@@ -1,7 +1,7 @@
 //! The writer binary as a child process, configured only through its
 //! environment, with its output in `.tools/logs/<name>.log`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -70,22 +70,13 @@ impl WriterProcess {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let port = self.http_port;
-        let result = wait_for("ponix-writer /readyz", Duration::from_secs(60), || {
-            let exited = self.child.try_wait();
-            async move {
-                if let Some(status) = exited? {
-                    bail!("ponix-writer exited with {status} before it was ready");
-                }
-                Ok(match net::http_get(port, "/readyz") {
-                    Ok(response) if response.status == 200 => Ok(()),
-                    Ok(response) => Err(format!("{} {}", response.status, response.body.trim())),
-                    Err(err) => Err(err.to_string()),
-                })
-            }
-        })
-        .await;
-        result.with_context(|| format!("the writer's log ends with:\n{}", self.log_tail(40)))
+        wait_until_ready(
+            &mut self.child,
+            self.http_port,
+            &self.log,
+            Duration::from_secs(60),
+        )
+        .await
     }
 
     /// SIGTERM, then the exit status (the writer must exit within `timeout`).
@@ -109,4 +100,34 @@ impl WriterProcess {
     pub fn metrics(&self) -> anyhow::Result<String> {
         Ok(net::http_get(self.http_port, "/metrics")?.body)
     }
+}
+
+/// Waits until the writer's `/readyz` answers 200. Fails at once if the process exits
+/// first, and with the end of its log if it is not ready within `timeout`.
+pub async fn wait_until_ready(
+    child: &mut Child,
+    http_port: u16,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let result = wait_for("ponix-writer /readyz", timeout, || {
+        let exited = child.try_wait();
+        async move {
+            if let Some(status) = exited? {
+                bail!("ponix-writer exited with {status} before it was ready");
+            }
+            Ok(match net::http_get(http_port, "/readyz") {
+                Ok(response) if response.status == 200 => Ok(()),
+                Ok(response) => Err(format!("{} {}", response.status, response.body.trim())),
+                Err(err) => Err(err.to_string()),
+            })
+        }
+    })
+    .await;
+    result.with_context(|| {
+        format!(
+            "the writer's log ends with:\n{}",
+            testkit::localenv::process::log_tail(log, 40)
+        )
+    })
 }
