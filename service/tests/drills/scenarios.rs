@@ -99,9 +99,38 @@ async fn finish(
 /// clickhouse-down: ClickHouse stops mid-stream for longer than AckWait and comes back
 /// on the same data. The writer NAKs with backoff meanwhile; everything lands once.
 pub async fn clickhouse_down(messages: u64) -> anyhow::Result<Report> {
-    let name = "clickhouse-down";
-    let mut rig = Rig::new(name, &[], Schema::Current).await?;
-    let ack_wait = rig.seconds("PONIX_NATS_ACK_WAIT_SECS");
+    clickhouse_outage(messages, ClickHouseFault::Down).await
+}
+
+/// clickhouse-hang: ClickHouse is frozen (SIGSTOP) for longer than the insert
+/// timeout, then resumed. Inserts time out and are NAKed; an INSERT the writer gave up
+/// on may still commit when ClickHouse resumes, and its redelivery must not duplicate.
+pub async fn clickhouse_hang(messages: u64) -> anyhow::Result<Report> {
+    clickhouse_outage(messages, ClickHouseFault::Hang).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClickHouseFault {
+    /// Stopped (SIGTERM) for at least twice AckWait, restarted on the same data.
+    Down,
+    /// Frozen (SIGSTOP) for at least twice the insert timeout, then resumed.
+    Hang,
+}
+
+/// A third of the envelopes stored, the fault during the second third, the last
+/// third after it.
+async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Result<Report> {
+    let (name, settings, lasts_past, state): (_, &[(&str, &str)], _, _) = match fault {
+        ClickHouseFault::Down => ("clickhouse-down", &[], "PONIX_NATS_ACK_WAIT_SECS", "down"),
+        ClickHouseFault::Hang => (
+            "clickhouse-hang",
+            &[("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "2")],
+            "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
+            "frozen",
+        ),
+    };
+    let mut rig = Rig::new(name, settings, Schema::Current).await?;
+    let bound = rig.seconds(lasts_past);
     let plan = Plan::valid(name, messages);
     let [first, second, third] = thirds(messages);
     let mut writer = Writer::start(&rig.vars, &rig.log).await?;
@@ -111,26 +140,43 @@ pub async fn clickhouse_down(messages: u64) -> anyhow::Result<Report> {
 
     let before = writer.scrape()?.clone();
     let publisher = rig.publisher();
-    let down_since = Instant::now();
-    let stopped = blocking(|| rig.clickhouse.stop())?;
-    // Published while ClickHouse is down; the writer takes them and cannot store them.
-    let during = publisher.start(&plan, second, None);
-    let waited = wait_metrics(
-        &mut writer,
-        "inserts failing and messages NAKed while ClickHouse is down",
-        FAULT_TIMEOUT,
-        |m| {
-            failed_inserts(m) >= failed_inserts(&before) + 2
-                && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
-                && down_since.elapsed() >= ack_wait * 2
-        },
-    )
-    .await;
-    blocking(|| stopped.start())?;
+    let since = Instant::now();
+    enum Outage<'a> {
+        Stopped(testkit::infra::Stopped<'a>),
+        Frozen(testkit::infra::Frozen<'a>),
+    }
+    // In a block of its own: the guard borrows the rig until the fault ends.
+    let (during, waited) = {
+        let outage = match fault {
+            ClickHouseFault::Down => Outage::Stopped(blocking(|| rig.clickhouse.stop())?),
+            ClickHouseFault::Hang => Outage::Frozen(blocking(|| rig.clickhouse.freeze())?),
+        };
+        // Published during the fault; the writer takes them and cannot store them.
+        let during = publisher.start(&plan, second, None);
+        let waited = wait_metrics(
+            &mut writer,
+            &format!("inserts failing and messages NAKed while ClickHouse is {state}"),
+            FAULT_TIMEOUT,
+            |m| {
+                failed_inserts(m) >= failed_inserts(&before) + 2
+                    && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
+                    && since.elapsed() >= bound * 2
+            },
+        )
+        .await;
+        match outage {
+            Outage::Stopped(stopped) => blocking(|| stopped.start())?,
+            Outage::Frozen(frozen) => drop(frozen),
+        }
+        (during, waited)
+    };
     waited?;
-    let down_for = down_since.elapsed();
-    rig.stop_merges().await?;
-    let after = rig.start_publishing(&plan, third, None);
+    let lasted = since.elapsed();
+    if fault == ClickHouseFault::Down {
+        // A restarted server no longer has merges stopped.
+        rig.stop_merges().await?;
+    }
+    let after = publisher.start(&plan, third, None);
 
     let fault_over = Instant::now();
     let mut report = finish(
@@ -142,86 +188,23 @@ pub async fn clickhouse_down(messages: u64) -> anyhow::Result<Report> {
         fault_over,
     )
     .await?;
+    let bound_name = match fault {
+        ClickHouseFault::Down => "AckWait",
+        ClickHouseFault::Hang => "insert timeout",
+    };
     report.note(format!(
-        "ClickHouse down {:.1}s (AckWait {:.0}s), {} failed inserts",
-        down_for.as_secs_f64(),
-        ack_wait.as_secs_f64(),
+        "ClickHouse {state} {:.1}s ({bound_name} {:.0}s), {} failed inserts",
+        lasted.as_secs_f64(),
+        bound.as_secs_f64(),
         report.insert_failures
     ));
     report.require(
         report.insert_failures > 0,
-        "no insert failed while ClickHouse was down",
+        format!("no insert failed while ClickHouse was {state}"),
     );
     report.require(
         report.naks > 0,
-        "nothing was NAKed while ClickHouse was down",
-    );
-    report.require(report.redeliveries > 0, "no redelivery was observed");
-    Ok(report)
-}
-
-/// clickhouse-hang: ClickHouse is frozen (SIGSTOP) for longer than the insert
-/// timeout, then resumed. Inserts time out and are NAKed; an INSERT the writer gave up
-/// on may still commit when ClickHouse resumes, and its redelivery must not duplicate.
-pub async fn clickhouse_hang(messages: u64) -> anyhow::Result<Report> {
-    let name = "clickhouse-hang";
-    let mut rig = Rig::new(
-        name,
-        &[("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "2")],
-        Schema::Current,
-    )
-    .await?;
-    let insert_timeout = rig.seconds("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS");
-    let plan = Plan::valid(name, messages);
-    let [first, second, third] = thirds(messages);
-    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
-    rig.start_monitor();
-    rig.start_publishing(&plan, first.clone(), None).await??;
-    rig.wait_rows(*first.end(), FAULT_TIMEOUT).await?;
-
-    let before = writer.scrape()?.clone();
-    let frozen_since = Instant::now();
-    let frozen = blocking(|| rig.clickhouse.freeze())?;
-    let during = rig.start_publishing(&plan, second, None);
-    let waited = wait_metrics(
-        &mut writer,
-        "inserts timing out while ClickHouse is frozen",
-        FAULT_TIMEOUT,
-        |m| {
-            failed_inserts(m) >= failed_inserts(&before) + 2
-                && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
-                && frozen_since.elapsed() >= insert_timeout * 2
-        },
-    )
-    .await;
-    drop(frozen);
-    waited?;
-    let frozen_for = frozen_since.elapsed();
-    let after = rig.start_publishing(&plan, third, None);
-
-    let fault_over = Instant::now();
-    let mut report = finish(
-        &mut rig,
-        &plan,
-        vec![during, after],
-        writer,
-        Metrics::default(),
-        fault_over,
-    )
-    .await?;
-    report.note(format!(
-        "ClickHouse frozen {:.1}s (insert timeout {:.0}s), {} failed inserts",
-        frozen_for.as_secs_f64(),
-        insert_timeout.as_secs_f64(),
-        report.insert_failures
-    ));
-    report.require(
-        report.insert_failures > 0,
-        "no insert timed out while ClickHouse was frozen",
-    );
-    report.require(
-        report.naks > 0,
-        "nothing was NAKed while ClickHouse was frozen",
+        format!("nothing was NAKed while ClickHouse was {state}"),
     );
     report.require(report.redeliveries > 0, "no redelivery was observed");
     Ok(report)
