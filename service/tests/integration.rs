@@ -654,32 +654,17 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
     );
 
     drop(frozen);
-    let resumed = Instant::now();
-    let writer = names
-        .start_writer(&js, "integration-hang-2", &private, &vars)
-        .await?;
     // Well under AckWait: a message left unacknowledged (neither acked nor NAKed) would
     // only come back once its ack timer expires.
-    support::wait_until_drained(
+    second_writer_stores_the_rest(
+        "hang",
+        &names,
         &js,
-        &names.stream,
-        &names.consumer,
+        &private,
+        &vars,
+        &envelopes,
+        clickhouse,
         Duration::from_secs(ACK_WAIT_SECS / 3),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "the second writer's log ends with:\n{}",
-            writer.log_tail(30)
-        )
-    })?;
-    eprintln!(
-        "hang: second writer drained {:?} after ClickHouse resumed",
-        resumed.elapsed()
-    );
-
-    expect_all_stored_and_clean_up(
-        "hang", &names, &js, &private, &envelopes, writer, clickhouse,
     )
     .await
 }
@@ -783,11 +768,39 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
          {BATCH} may have been fetched"
     );
 
-    let restarted = Instant::now();
+    second_writer_stores_the_rest(
+        "slow",
+        &names,
+        &js,
+        &private,
+        &vars,
+        &envelopes,
+        clickhouse,
+        ACK_WAIT / 2,
+    )
+    .await
+}
+
+/// The end of the SIGTERM tests: a second writer drains what is left within `within`,
+/// every envelope is stored (re-inserts allowed: what they prove is that nothing is
+/// lost), then the writer is stopped, the streams deleted and the private ClickHouse
+/// dropped.
+#[allow(clippy::too_many_arguments)]
+async fn second_writer_stores_the_rest(
+    label: &str,
+    names: &Names,
+    js: &jetstream::Context,
+    private: &Endpoints,
+    vars: &[(&str, String)],
+    envelopes: &[ProcessedEnvelope],
+    clickhouse: Managed,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
     let writer = names
-        .start_writer(&js, "integration-slow-2", &private, &vars)
+        .start_writer(js, &format!("integration-{label}-2"), private, vars)
         .await?;
-    support::wait_until_drained(&js, &names.stream, &names.consumer, ACK_WAIT / 2)
+    support::wait_until_drained(js, &names.stream, &names.consumer, within)
         .await
         .with_context(|| {
             format!(
@@ -796,28 +809,9 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
             )
         })?;
     eprintln!(
-        "slow: second writer drained the rest in {:?}",
-        restarted.elapsed()
+        "{label}: second writer drained the rest in {:?}",
+        started.elapsed()
     );
-
-    expect_all_stored_and_clean_up(
-        "slow", &names, &js, &private, &envelopes, writer, clickhouse,
-    )
-    .await
-}
-
-/// The end of the SIGTERM tests: every envelope is stored (re-inserts allowed: what
-/// they prove is that nothing is lost), then the second writer is stopped, the
-/// streams deleted and the private ClickHouse dropped.
-async fn expect_all_stored_and_clean_up(
-    label: &str,
-    names: &Names,
-    js: &jetstream::Context,
-    private: &Endpoints,
-    envelopes: &[ProcessedEnvelope],
-    writer: WriterProcess,
-    clickhouse: Managed,
-) -> anyhow::Result<()> {
     let rows = stored_rows(private, &names.database).await?;
     let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
     let duplicates = compare_rows(&expected, &rows, Duplicates::Allowed)?;
