@@ -120,12 +120,21 @@ enum ClickHouseFault {
 /// A third of the envelopes stored, the fault during the second third, the last
 /// third after it.
 async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Result<Report> {
-    let (name, settings, lasts_past, state): (_, &[(&str, &str)], _, _) = match fault {
-        ClickHouseFault::Down => ("clickhouse-down", &[], "PONIX_NATS_ACK_WAIT_SECS", "down"),
+    // The fault lasts at least twice `lasts_past` (named `bound_name` in the report).
+    let (name, settings, lasts_past, bound_name, state): (_, &[(&str, &str)], _, _, _) = match fault
+    {
+        ClickHouseFault::Down => (
+            "clickhouse-down",
+            &[],
+            "PONIX_NATS_ACK_WAIT_SECS",
+            "AckWait",
+            "down",
+        ),
         ClickHouseFault::Hang => (
             "clickhouse-hang",
             &[("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "2")],
             "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
+            "insert timeout",
             "frozen",
         ),
     };
@@ -188,10 +197,6 @@ async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Res
         fault_over,
     )
     .await?;
-    let bound_name = match fault {
-        ClickHouseFault::Down => "AckWait",
-        ClickHouseFault::Hang => "insert timeout",
-    };
     report.note(format!(
         "ClickHouse {state} {:.1}s ({bound_name} {:.0}s), {} failed inserts",
         lasted.as_secs_f64(),
