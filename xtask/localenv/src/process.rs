@@ -58,8 +58,32 @@ impl Recorded {
             run_dir: run_dir.to_path_buf(),
             log: log.to_path_buf(),
         };
+        recorded.wait_until_exec_is_visible()?;
         recorded.write_record()?;
         Ok(recorded)
+    }
+
+    /// `spawn(2)` returns once the child has dropped the parent's memory, a moment
+    /// before the kernel publishes the new command line: until then `/proc` shows
+    /// an empty one, and `is_alive` would call the new process foreign (a health
+    /// wait would report it as exited). A process that exits at once is left to
+    /// the caller, which reads its log.
+    fn wait_until_exec_is_visible(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + EXEC_VISIBLE_TIMEOUT;
+        loop {
+            let seen = look(self.pid);
+            if matches!(seen, Seen::Gone) || seen.runs(&self.program()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} (pid {}) did not show its command line within {EXEC_VISIBLE_TIMEOUT:?} of being started",
+                    self.name,
+                    self.pid
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The process recorded under `name`, if it is still alive and still ours.
@@ -104,12 +128,14 @@ impl Recorded {
     /// True when the pid is a live, non-zombie process running the recorded
     /// program, so that a recycled pid is never signalled.
     pub fn is_alive(&self) -> bool {
-        let program = self
-            .argv
+        process_matches(self.pid, &self.program())
+    }
+
+    fn program(&self) -> String {
+        self.argv
             .first()
             .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        process_matches(self.pid, &program)
+            .unwrap_or_default()
     }
 
     pub fn freeze(&self) -> anyhow::Result<()> {
@@ -188,26 +214,56 @@ fn argv_file(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(format!("{name}.argv"))
 }
 
+/// How long a freshly started process may take to show its own command line.
+const EXEC_VISIBLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn process_matches(pid: u32, program: &str) -> bool {
-    reap_if_our_child(pid);
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    if !Path::new("/proc/self").exists() {
-        // No procfs (macOS): fall back to "the pid exists".
-        return signal(pid, 0).is_ok();
+    look(pid).runs(program)
+}
+
+enum Seen {
+    /// No such pid, or only its zombie.
+    Gone,
+    /// `first_arg` is `None` where the platform does not tell (no procfs).
+    Running { first_arg: Option<Vec<u8>> },
+}
+
+impl Seen {
+    fn runs(&self, program: &str) -> bool {
+        match self {
+            Seen::Gone => false,
+            Seen::Running { first_arg: None } => true,
+            Seen::Running {
+                first_arg: Some(first_arg),
+            } => first_arg == program.as_bytes(),
+        }
     }
+}
+
+fn look(pid: u32) -> Seen {
+    reap_if_our_child(pid);
+    if !Path::new("/proc/self").exists() {
+        // No procfs (macOS): "the pid exists" is all there is to know.
+        return match signal(pid, 0) {
+            Ok(()) => Seen::Running { first_arg: None },
+            Err(_) => Seen::Gone,
+        };
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
-        return false;
+        return Seen::Gone;
     };
-    // A zombie's pid exists, but the process is gone.
     let state = stat
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.chars().next());
     if matches!(state, Some('Z' | 'X') | None) {
-        return false;
+        return Seen::Gone;
     }
     let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
-    let first = cmdline.split(|byte| *byte == 0).next().unwrap_or_default();
-    first == program.as_bytes()
+    let first_arg = cmdline.split(|byte| *byte == 0).next().unwrap_or_default();
+    Seen::Running {
+        first_arg: Some(first_arg.to_vec()),
+    }
 }
 
 /// Collects the exit status if `pid` is an exited child of ours, so it does not
@@ -251,6 +307,24 @@ mod tests {
             std::process::id(),
             "/definitely/not/this/program"
         ));
+    }
+
+    /// Health waits check `is_alive` first: a process that only looks foreign
+    /// because the kernel has not published its command line yet would be
+    /// reported as "exited". Seen in CI; on a loaded machine (six `yes` burners on
+    /// two cores) without the wait, this loop failed within 16 to 125 starts.
+    #[test]
+    fn a_process_is_ours_as_soon_as_spawn_returns() {
+        let dir = scratch("fresh");
+        let log = dir.join("sleeper.log");
+        for attempt in 0..200 {
+            let argv = vec![OsString::from("/bin/sleep"), OsString::from("300")];
+            let sleeper = Recorded::spawn("sleeper", argv, &dir, &log).unwrap();
+            let alive = sleeper.is_alive();
+            sleeper.kill().unwrap();
+            assert!(alive, "start {attempt}: pid {} looked foreign", sleeper.pid);
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
