@@ -554,6 +554,7 @@ impl Consumer {
         } = decided;
         self.settle(&deliveries, &decisions).await;
         self.metrics.batch_finished(outcome);
+        self.metrics.batch_settled(deliveries.len());
         tracing::debug!(
             messages = deliveries.len(),
             outcome = outcome.as_str(),

@@ -22,6 +22,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -144,6 +145,7 @@ pub struct Metrics {
     dead_lettered: Family<ReasonLabels, Counter>,
     dead_letter_failures: Counter,
     ack_failures: Counter,
+    messages_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -169,6 +171,7 @@ impl Metrics {
         let dead_lettered = Family::<ReasonLabels, Counter>::default();
         let dead_letter_failures = Counter::default();
         let ack_failures = Counter::default();
+        let messages_in_flight = Gauge::default();
 
         registry.register(
             "messages_received",
@@ -217,6 +220,11 @@ impl Metrics {
             "Acknowledgements that could not be sent or confirmed",
             ack_failures.clone(),
         );
+        registry.register(
+            "messages_in_flight",
+            "Messages received and not yet settled (acked, NAKed or terminated) and counted",
+            messages_in_flight.clone(),
+        );
 
         Self {
             registry,
@@ -231,6 +239,7 @@ impl Metrics {
             dead_lettered,
             dead_letter_failures,
             ack_failures,
+            messages_in_flight,
         }
     }
 
@@ -253,6 +262,7 @@ impl Metrics {
 
     pub fn message_received(&self, delivered: i64) {
         self.messages_received.inc();
+        self.messages_in_flight.inc();
         if delivered > 1 {
             self.redeliveries.inc();
         }
@@ -276,6 +286,13 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// Called last for a batch, after its settlement is counted: a reader that sees
+    /// the gauge at 0 sees every counter of every batch received so far.
+    pub fn batch_settled(&self, messages: usize) {
+        self.messages_in_flight
+            .dec_by(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     pub fn acked(&self, messages: u64) {
@@ -329,6 +346,7 @@ mod tests {
             "ponix_writer_insert_duration_seconds_count 1",
             "ponix_writer_naks_total{reason=\"retryable\"} 1",
             "ponix_writer_dead_lettered_total{reason=\"decode_failed\"} 1",
+            "ponix_writer_messages_in_flight 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -336,5 +354,14 @@ mod tests {
             );
         }
         assert!(text.contains("# TYPE ponix_writer_insert_duration_seconds histogram"));
+
+        metrics.batch_settled(2);
+        let settled = metrics.encode();
+        assert!(
+            settled
+                .lines()
+                .any(|l| l == "ponix_writer_messages_in_flight 0"),
+            "{settled}"
+        );
     }
 }

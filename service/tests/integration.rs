@@ -195,6 +195,9 @@ async fn concurrent_inserts_store_every_row_once_and_ack_every_message(
         &[
             ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
             ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "3".into()),
+            // The backlog fills every pull at once; the wait only has to outlast a
+            // stall of a loaded machine mid-pull, which would split a batch.
+            ("PONIX_NATS_BATCH_WAIT_SECS", "2".into()),
         ],
     )
     .await?;
@@ -321,7 +324,11 @@ async fn a_mixed_batch_stores_the_valid_and_dead_letters_the_invalid(
             &js,
             "integration-mixed",
             &endpoints,
-            &names.writer_vars(&[]),
+            &names.writer_vars(&[
+                // One pull of exactly this size returns as soon as it is full.
+                ("PONIX_NATS_BATCH_SIZE", messages.len().to_string()),
+                ("PONIX_NATS_BATCH_WAIT_SECS", "2".into()),
+            ]),
         )
         .await?;
     names.wait_drained(&js, &writer).await?;
@@ -469,6 +476,10 @@ async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_
             &names.writer_vars(&[
                 ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "100".into()),
                 ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000".into()),
+                // At most ~1 s between deliveries: the default 20 deliveries would end
+                // (in the dead-letter stream) after ~15 s of outage, and restarting
+                // chDB can take that long on a loaded machine.
+                ("PONIX_NATS_MAX_DELIVER", "10000".into()),
                 // ClickHouse is stopped, not hung: inserts fail at once. A generous timeout
                 // keeps an INSERT that is slow after the restart from being retried, and so
                 // stored twice.
@@ -581,7 +592,11 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     const N: usize = 500;
-    const SHUTDOWN_TIMEOUT_SECS: u64 = 3;
+    // Generous against a loaded machine (the writer must fit NAKs, flushes and its
+    // exit into the quarter after the drain grace), and still far below the 20 s
+    // INSERT timeout, so exiting in time proves the writer did not wait for the INSERT.
+    const SHUTDOWN_TIMEOUT_SECS: u64 = 8;
+    const INSERT_TIMEOUT_SECS: u64 = 20;
     const ACK_WAIT_SECS: u64 = 60;
     let names = Names::new("hang");
     let js = names.setup_streams(&endpoints).await?;
@@ -599,7 +614,10 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
         ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000".into()),
         // Longer than the drain grace (3/4 of the shutdown timeout): the INSERT is
         // still hanging when the writer has to give up on it.
-        ("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "20".into()),
+        (
+            "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
+            INSERT_TIMEOUT_SECS.to_string(),
+        ),
         (
             "PONIX_SHUTDOWN_TIMEOUT_SECS",
             SHUTDOWN_TIMEOUT_SECS.to_string(),
@@ -624,7 +642,7 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
 
     let sigterm = Instant::now();
     let status = writer
-        .terminate(Duration::from_secs(SHUTDOWN_TIMEOUT_SECS + 5))
+        .terminate(Duration::from_secs(INSERT_TIMEOUT_SECS + 5))
         .await?;
     let exited_after = sigterm.elapsed();
     ensure!(
@@ -633,8 +651,9 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
         tail(&log)
     );
     ensure!(
-        exited_after <= Duration::from_secs(SHUTDOWN_TIMEOUT_SECS) + Duration::from_millis(500),
-        "the writer took {exited_after:?} to exit; the shutdown timeout is {SHUTDOWN_TIMEOUT_SECS} s"
+        exited_after < Duration::from_secs(INSERT_TIMEOUT_SECS),
+        "the writer took {exited_after:?} to exit (shutdown timeout {SHUTDOWN_TIMEOUT_SECS} s): \
+         it waited for the hanging INSERT ({INSERT_TIMEOUT_SECS} s timeout)"
     );
     let log_text = std::fs::read_to_string(&log)?;
     ensure!(
@@ -678,7 +697,9 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
 async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unacked(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    const N: usize = 5_000;
+    // Large enough that the writer cannot have fetched it all by the time the test
+    // has seen 1,000 rows stored and frozen ClickHouse (a poll interval later).
+    const N: usize = 20_000;
     const BATCH: usize = 500;
     let names = Names::new("slow");
     let js = names.setup_streams(&endpoints).await?;
@@ -694,6 +715,9 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
     publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
     let vars = names.writer_vars(&[
         ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
+        // Every pull is filled from the backlog; a longer wait keeps a stalled machine
+        // from splitting one, which the ack-floor check below counts in whole batches.
+        ("PONIX_NATS_BATCH_WAIT_SECS", "2".into()),
         ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "100".into()),
         ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000".into()),
         ("PONIX_SHUTDOWN_TIMEOUT_SECS", "10".into()),
@@ -1005,7 +1029,21 @@ impl Names {
     ) -> anyhow::Result<()> {
         support::wait_until_drained(js, &self.stream, &self.consumer, DRAIN_TIMEOUT)
             .await
-            .with_context(|| format!("the writer's log ends with:\n{}", writer.log_tail(30)))
+            .with_context(|| format!("the writer's log ends with:\n{}", writer.log_tail(30)))?;
+        // The server sees the last ack before the writer has counted it.
+        support::wait_for(
+            "the writer's metrics count every settled message",
+            Duration::from_secs(10),
+            || async {
+                let in_flight = metric(&writer.metrics()?, "ponix_writer_messages_in_flight", &[]);
+                Ok(if in_flight == 0.0 {
+                    Ok(())
+                } else {
+                    Err(in_flight)
+                })
+            },
+        )
+        .await
     }
 
     async fn stop_writer(&self, writer: WriterProcess) -> anyhow::Result<()> {

@@ -1,19 +1,35 @@
 //! Just enough HTTP and NATS protocol to health-check local endpoints without
 //! pulling an async runtime into xtask.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port the OS considers free right now. The tiny window before the child binds
-/// it is acceptable for local development and CI runs.
+/// A port the OS considers free right now, never one this process handed out
+/// before: a child (chDB takes seconds to boot) binds its port only later, and in
+/// that window the OS may offer the same port again, to a test running alongside.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("asking the OS for a free port")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    // Repeats stay bound until a new port turns up, so that the OS offers another.
+    let mut repeats = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").context("asking the OS for a free port")?;
+        let port = listener.local_addr()?.port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+        repeats.push(listener);
+        if repeats.len() > 100 {
+            bail!("the OS offered only ports this process already uses");
+        }
+    }
 }
 
 pub struct HttpResponse {
@@ -160,6 +176,13 @@ pub fn wait_until<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_port_never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port().unwrap()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 
     #[test]
     fn parses_plain_and_chunked_responses() {
