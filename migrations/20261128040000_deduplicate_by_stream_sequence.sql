@@ -25,12 +25,21 @@
 -- same six columns whether or not the swap already happened, and rows that
 -- already have a sequence (or a stand-in) keep it.
 --
--- Operational note: stop every other writer of processed_envelopes while this
--- runs (ponix-writer itself migrates before it consumes anything).
+-- The source gets it as a MATERIALIZED column, which an INSERT may not name: a
+-- ponix-writer still running while this migrates (it sends stream_sequence) is
+-- refused with ILLEGAL_COLUMN, a schema error it NAKs and retries, until the
+-- EXCHANGE puts the new table in place. With a plain column its INSERTs would
+-- succeed, and the rows committed between the copy and the swap would be dropped
+-- with the old table after their messages were acked (the schema-drift drill saw
+-- it; migrations.rs replays this file statement by statement to prove it cannot
+-- happen). After the swap the column is a plain one, and IF NOT EXISTS leaves it so.
+--
+-- Operational note: writers that do not send stream_sequence (older versions)
+-- are not refused; stop them while this runs.
 
 -- +goose Up
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS stream_sequence UInt64;
+ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS stream_sequence UInt64 MATERIALIZED 0;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
@@ -72,7 +81,9 @@ DROP TABLE IF EXISTS processed_envelopes_new;
 -- The reverse rebuild, with the same re-run guarantees. The copy reads with
 -- `final = 1` (FINAL where the table supports it, a no-op once the swap made it a
 -- plain MergeTree again), so re-inserted duplicates that were not merged yet do
--- not come back as rows. stream_sequence is lost, as it must be.
+-- not come back as rows. stream_sequence is lost, as it must be. Stop
+-- ponix-writer first: nothing refuses its INSERTs here, and those committed
+-- between the copy and the swap would be dropped.
 
 -- +goose Down
 -- +goose StatementBegin

@@ -1,20 +1,29 @@
 //! Migration checks with goose against the real ClickHouse engine (`cargo xtask
 //! e2e` runs this binary as its own step): `up` on an empty database, `up` again
 //! is a no-op, `status` lists every file as applied, `down-to 0` then `up`
-//! restores the same schema, and that schema matches the snapshot.
+//! restores the same schema, and that schema matches the snapshot; and a writer
+//! inserting while the newest migration runs loses no row.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use clickhouse::{Client, Row};
+use ponix_writer::envelope::{self, ProcessedEnvelope};
+use ponix_writer::row::ProcessedEnvelopeRow;
+use ponix_writer::store::{ErrorClass, Store};
+use prost::Message as _;
 use serde::Deserialize;
+use support::writer_config;
 use testkit::Endpoints;
 
 testkit::integration_tests!(
     every_migration_file_is_valid_goose_sql,
     the_goose_sql_check_rejects_broken_files,
     goose_migrations_apply_roll_back_and_match_the_schema_snapshot,
+    a_writer_inserting_during_the_newest_migration_loses_no_row,
 );
 
 /// A fixed name, so that it does not vary in the snapshot; the database is
@@ -130,7 +139,7 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
         .execute()
         .await?;
     let client = admin.with_database(DATABASE);
-    let goose = Goose::new(&endpoints)?;
+    let goose = Goose::new(&endpoints, DATABASE)?;
     let file_count = migration_files(&endpoints.migrations_dir)?.len();
 
     goose.run(&["up"])?;
@@ -175,6 +184,136 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
 
     insta::assert_snapshot!("schema", restored);
     Ok(())
+}
+
+/// ponix-writer may keep running while an operator migrates (the schema-drift drill
+/// does exactly that). A rebuild migration copies the table and swaps the copy in:
+/// a row committed to the old table after the copy would be dropped with it, while
+/// its message is already acked. This replays the newest migration statement by
+/// statement against a table one version older, and before each statement (and
+/// after the last) inserts a row as the writer does. Every row ClickHouse accepted
+/// must be in the table at the end; every refusal must be a schema error, which the
+/// writer NAKs and retries (a data error would dead-letter valid messages).
+async fn a_writer_inserting_during_the_newest_migration_loses_no_row(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "migrations_live_writer";
+    let files = migration_files(&endpoints.migrations_dir)?;
+    let [.., previous, newest] = files.as_slice() else {
+        bail!("fewer than two migrations: nothing to replay");
+    };
+    let previous_version = version_of(previous)?;
+    let text =
+        std::fs::read_to_string(newest).with_context(|| format!("reading {}", newest.display()))?;
+    let statements = up_statements(&text);
+    ensure!(
+        !statements.is_empty(),
+        "{} has no Up statements",
+        newest.display()
+    );
+
+    let admin = client(&endpoints);
+    admin
+        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+        .execute()
+        .await?;
+    admin
+        .query(&format!("CREATE DATABASE {DATABASE}"))
+        .execute()
+        .await?;
+    let client = admin.with_database(DATABASE);
+    Goose::new(&endpoints, DATABASE)?.run(&["up-to", &previous_version])?;
+
+    let store = Store::new(&writer_config(&endpoints, DATABASE)?.clickhouse);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for step in 0..=statements.len() {
+        let device = format!("live-writer-{step}");
+        match store
+            .insert_batch(&[writer_row(&device, step as u64 + 1)?])
+            .await
+        {
+            Ok(()) => accepted.push(device),
+            Err(error) => {
+                ensure!(
+                    error.class() == ErrorClass::Destination,
+                    "before statement {step}, the insert failed as {:?}, not as a schema \
+                     error the writer retries: {error}",
+                    error.class()
+                );
+                refused += 1;
+                // As the writer does after a schema error: the next attempt re-reads it.
+                store.clear_cached_metadata().await;
+            }
+        }
+        if let Some(statement) = statements.get(step) {
+            client
+                .query(statement)
+                .execute()
+                .await
+                .with_context(|| format!("statement {step} of {}", newest.display()))?;
+        }
+    }
+    let last = format!("live-writer-{}", statements.len());
+    ensure!(
+        accepted.contains(&last),
+        "the writer cannot insert after the migration"
+    );
+    ensure!(
+        refused > 0,
+        "the table one version older accepted the writer's rows"
+    );
+    let stored = client
+        .query("SELECT end_device_id FROM processed_envelopes")
+        .fetch_all::<String>()
+        .await?;
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|device| !stored.contains(device))
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "rows accepted during the migration are gone: {lost:?} (accepted {accepted:?})"
+    );
+    Ok(())
+}
+
+/// A row as the writer builds it (through the envelope decoder).
+fn writer_row(device: &str, stream_sequence: u64) -> anyhow::Result<ProcessedEnvelopeRow> {
+    let at = Some(prost_types::Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    });
+    let bytes = ProcessedEnvelope {
+        organization_id: "migrations".into(),
+        end_device_id: device.into(),
+        occurred_at: at,
+        processed_at: at,
+        data: Some(prost_types::Struct::default()),
+    }
+    .encode_to_vec();
+    let valid = envelope::decode(&bytes).map_err(|invalid| anyhow::anyhow!("{invalid}"))?;
+    Ok(ProcessedEnvelopeRow::new(valid, stream_sequence))
+}
+
+/// The goose version of a migration file: the digits before the first `_`.
+fn version_of(file: &Path) -> anyhow::Result<String> {
+    file.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.split_once('_'))
+        .map(|(version, _)| version.to_owned())
+        .with_context(|| format!("no version in {}", file.display()))
+}
+
+/// The Up section's statements, each without its goose annotations.
+fn up_statements(text: &str) -> Vec<String> {
+    let up = text.split_once("-- +goose Up").map_or("", |(_, rest)| rest);
+    let up = up.split_once("-- +goose Down").map_or(up, |(up, _)| up);
+    up.split("-- +goose StatementBegin")
+        .skip(1)
+        .filter_map(|block| block.split_once("-- +goose StatementEnd"))
+        .map(|(statement, _)| statement.trim().trim_end_matches(';').to_owned())
+        .collect()
 }
 
 fn client(endpoints: &Endpoints) -> Client {
@@ -251,13 +390,13 @@ struct Goose {
 }
 
 impl Goose {
-    fn new(endpoints: &Endpoints) -> anyhow::Result<Goose> {
+    fn new(endpoints: &Endpoints, database: &str) -> anyhow::Result<Goose> {
         let port = endpoints.clickhouse_port()?;
         Ok(Goose {
             binary: endpoints.goose_binary.clone(),
             dir: endpoints.migrations_dir.clone(),
             dsn: format!(
-                "http://{}:{}@127.0.0.1:{port}/{DATABASE}",
+                "http://{}:{}@127.0.0.1:{port}/{database}",
                 endpoints.username, endpoints.password
             ),
         })

@@ -10,7 +10,6 @@ mod support;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use ponix_writer::config::Config;
 use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::payload;
 use ponix_writer::row::ProcessedEnvelopeRow;
@@ -31,7 +30,7 @@ async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     support::fresh_database(&endpoints, DATABASE).await?;
-    let config = writer_config(&endpoints)?;
+    let config = support::writer_config(&endpoints, DATABASE)?;
     ponix_writer::migrate::run(&config.migrations, &config.goose_dsn(), &[])
         .await
         .context("creating the table with the writer's migrations")?;
@@ -121,23 +120,4 @@ fn proptest_config() -> ProptestConfig {
         )))),
         ..ProptestConfig::default()
     }
-}
-
-fn writer_config(endpoints: &Endpoints) -> anyhow::Result<Config> {
-    let vars = [
-        ("PONIX_CLICKHOUSE_URL", endpoints.clickhouse_url.clone()),
-        ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
-        ("PONIX_CLICKHOUSE_USERNAME", endpoints.username.clone()),
-        ("PONIX_CLICKHOUSE_PASSWORD", endpoints.password.clone()),
-        (
-            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
-            endpoints.goose_binary.display().to_string(),
-        ),
-        (
-            "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
-            endpoints.migrations_dir.display().to_string(),
-        ),
-    ];
-    Config::from_vars(vars.into_iter().map(|(key, value)| (key.to_owned(), value)))
-        .map_err(|err| anyhow::anyhow!("{err}"))
 }

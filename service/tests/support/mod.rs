@@ -81,6 +81,32 @@ pub fn clickhouse(endpoints: &Endpoints, database: &str) -> Client {
     client
 }
 
+/// The writer's configuration for the shared ClickHouse and `database`, with its
+/// migrations: for tests that drive the library (store, migrate) directly.
+pub fn writer_config(
+    endpoints: &Endpoints,
+    database: &str,
+) -> anyhow::Result<ponix_writer::config::Config> {
+    let vars = [
+        ("PONIX_CLICKHOUSE_URL", endpoints.clickhouse_url.clone()),
+        ("PONIX_CLICKHOUSE_DATABASE", database.to_owned()),
+        ("PONIX_CLICKHOUSE_USERNAME", endpoints.username.clone()),
+        ("PONIX_CLICKHOUSE_PASSWORD", endpoints.password.clone()),
+        (
+            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+            endpoints.goose_binary.display().to_string(),
+        ),
+        (
+            "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
+            endpoints.migrations_dir.display().to_string(),
+        ),
+    ];
+    ponix_writer::config::Config::from_vars(
+        vars.into_iter().map(|(key, value)| (key.to_owned(), value)),
+    )
+    .map_err(|err| anyhow::anyhow!("{err}"))
+}
+
 /// Drops and recreates `database`, so a run starts from an empty one.
 pub async fn fresh_database(endpoints: &Endpoints, database: &str) -> anyhow::Result<()> {
     let client = clickhouse(endpoints, "default");
