@@ -129,16 +129,8 @@ fn check_goose_sql(text: &str) -> anyhow::Result<()> {
 async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let admin = client(&endpoints);
-    admin
-        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
-        .execute()
-        .await?;
-    admin
-        .query(&format!("CREATE DATABASE {DATABASE}"))
-        .execute()
-        .await?;
-    let client = admin.with_database(DATABASE);
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let client = support::clickhouse(&endpoints, DATABASE);
     let goose = Goose::new(&endpoints, DATABASE)?;
     let file_count = migration_files(&endpoints.migrations_dir)?.len();
 
@@ -197,7 +189,7 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
 async fn a_writer_inserting_during_the_newest_migration_loses_no_row(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    const DATABASE: &str = "migrations_live_writer";
+    const LIVE_DATABASE: &str = "migrations_live_writer";
     let files = migration_files(&endpoints.migrations_dir)?;
     let [.., previous, newest] = files.as_slice() else {
         bail!("fewer than two migrations: nothing to replay");
@@ -212,19 +204,11 @@ async fn a_writer_inserting_during_the_newest_migration_loses_no_row(
         newest.display()
     );
 
-    let admin = client(&endpoints);
-    admin
-        .query(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
-        .execute()
-        .await?;
-    admin
-        .query(&format!("CREATE DATABASE {DATABASE}"))
-        .execute()
-        .await?;
-    let client = admin.with_database(DATABASE);
-    Goose::new(&endpoints, DATABASE)?.run(&["up-to", &previous_version])?;
+    support::fresh_database(&endpoints, LIVE_DATABASE).await?;
+    let client = support::clickhouse(&endpoints, LIVE_DATABASE);
+    Goose::new(&endpoints, LIVE_DATABASE)?.run(&["up-to", &previous_version])?;
 
-    let store = Store::new(&writer_config(&endpoints, DATABASE)?.clickhouse);
+    let store = Store::new(&writer_config(&endpoints, LIVE_DATABASE)?.clickhouse);
     let mut accepted = Vec::new();
     let mut refused = 0;
     for step in 0..=statements.len() {
@@ -314,13 +298,6 @@ fn up_statements(text: &str) -> Vec<String> {
         .filter_map(|block| block.split_once("-- +goose StatementEnd"))
         .map(|(statement, _)| statement.trim().trim_end_matches(';').to_owned())
         .collect()
-}
-
-fn client(endpoints: &Endpoints) -> Client {
-    Client::default()
-        .with_url(&endpoints.clickhouse_url)
-        .with_user(&endpoints.username)
-        .with_password(&endpoints.password)
 }
 
 /// `SHOW CREATE TABLE`, the table's engine and keys, and its columns: everything

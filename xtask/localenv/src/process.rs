@@ -76,8 +76,10 @@ impl Recorded {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                // Still our unreaped child, so the pid cannot have been recycled.
+                let _ = signal(self.pid, libc::SIGKILL);
                 bail!(
-                    "{} (pid {}) did not show its command line within {EXEC_VISIBLE_TIMEOUT:?} of being started",
+                    "{} (pid {}) did not show its command line within {EXEC_VISIBLE_TIMEOUT:?} of being started; killed it",
                     self.name,
                     self.pid
                 );
