@@ -2,9 +2,10 @@
 //!
 //! * `GET /healthz`: `200 ok` while the process serves requests (liveness).
 //! * `GET /readyz`: `200 ready` when the writer can do its job: connected to NATS,
-//!   ClickHouse answered, migrations done, stream and consumer set up, and the last
-//!   insert did not fail with a permanent error or for lack of an answer. Otherwise
-//!   `503` with one line per reason.
+//!   ClickHouse answered, migrations done, stream and consumer set up, and no batch
+//!   is held through an outage (see the consumer's "Outages"). Otherwise `503` with
+//!   one line per reason. A reason names the kind of failure, its class and code and
+//!   how long it has lasted, never ClickHouse's exception text, which can quote data.
 //! * `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
 
 use std::net::SocketAddr;

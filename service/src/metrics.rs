@@ -16,8 +16,12 @@
 //! | `dead_lettered_total` | counter: messages stored in the dead-letter stream, then terminated | `reason` |
 //! | `dead_letter_failures_total` | counter: dead-letter publishes that failed (the message was NAKed instead) | |
 //! | `ack_failures_total` | counter: acknowledgements the client could not send or confirm | |
+//! | `insert_retries_total` | counter: INSERTs repeated for a batch held through an outage (ClickHouse unavailable, or a table or credential problem) | |
+//! | `seconds_since_last_insert` | gauge: seconds since an INSERT last succeeded (since start-up before the first) | |
+//! | `batches_held` | gauge: batches held in memory and retried while ClickHouse cannot store them; no new pull starts while above 0 | |
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -146,6 +150,13 @@ pub struct Metrics {
     dead_letter_failures: Counter,
     ack_failures: Counter,
     messages_in_flight: Gauge,
+    insert_retries: Counter,
+    seconds_since_last_insert: Gauge<f64, std::sync::atomic::AtomicU64>,
+    batches_held: Gauge,
+    /// Reference point for [`Self::seconds_since_last_insert`].
+    started: Instant,
+    /// Milliseconds after `started` of the last successful INSERT (0: none yet).
+    last_insert_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -172,6 +183,9 @@ impl Metrics {
         let dead_letter_failures = Counter::default();
         let ack_failures = Counter::default();
         let messages_in_flight = Gauge::default();
+        let insert_retries = Counter::default();
+        let seconds_since_last_insert = Gauge::<f64, AtomicU64>::default();
+        let batches_held = Gauge::default();
 
         registry.register(
             "messages_received",
@@ -225,6 +239,21 @@ impl Metrics {
             "Messages received and not yet settled (acked, NAKed or terminated) and counted",
             messages_in_flight.clone(),
         );
+        registry.register(
+            "insert_retries",
+            "INSERTs repeated for a batch held through an outage (ClickHouse unavailable, or a table or credential problem)",
+            insert_retries.clone(),
+        );
+        registry.register(
+            "seconds_since_last_insert",
+            "Seconds since an INSERT last succeeded (since start-up before the first)",
+            seconds_since_last_insert.clone(),
+        );
+        registry.register(
+            "batches_held",
+            "Batches held in memory and retried while ClickHouse cannot store them",
+            batches_held.clone(),
+        );
 
         Self {
             registry,
@@ -240,11 +269,22 @@ impl Metrics {
             dead_letter_failures,
             ack_failures,
             messages_in_flight,
+            insert_retries,
+            seconds_since_last_insert,
+            batches_held,
+            started: Instant::now(),
+            last_insert_ms: AtomicU64::new(0),
         }
     }
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn encode(&self) -> String {
+        // Computed at scrape time: a gauge updated only on success would freeze at
+        // its last value through exactly the outage it is meant to show.
+        let since = self
+            .elapsed_ms()
+            .saturating_sub(self.last_insert_ms.load(Ordering::Relaxed));
+        self.seconds_since_last_insert.set(since as f64 / 1000.0);
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would be a bug in the
         // registrations above, and an empty body is a better answer than a panic.
@@ -277,7 +317,32 @@ impl Metrics {
             .inc();
         if result == InsertResult::Ok {
             self.rows_inserted.inc_by(rows as u64);
+            self.last_insert_ms
+                .fetch_max(self.elapsed_ms(), Ordering::Relaxed);
         }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// An INSERT is about to be repeated for a held batch.
+    pub fn insert_retried(&self) {
+        self.insert_retries.inc();
+    }
+
+    /// A batch starts (`true`) or stops (`false`) being held through an outage.
+    pub fn batch_held(&self, held: bool) {
+        if held {
+            self.batches_held.inc();
+        } else {
+            self.batches_held.dec();
+        }
+    }
+
+    /// How many batches are held through an outage right now.
+    pub fn held_batches(&self) -> i64 {
+        self.batches_held.get()
     }
 
     pub fn batch_finished(&self, outcome: BatchOutcome) {
@@ -363,5 +428,47 @@ mod tests {
                 .any(|l| l == "ponix_writer_messages_in_flight 0"),
             "{settled}"
         );
+    }
+
+    fn gauge(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    #[test]
+    fn the_time_since_the_last_insert_grows_until_an_insert_succeeds() {
+        let metrics = Metrics::new();
+        let wait_past = |seconds: f64| {
+            // Whole milliseconds: the gauge has millisecond resolution.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs_f64(seconds) {
+                std::thread::yield_now();
+            }
+        };
+        wait_past(0.02);
+        let before = gauge(&metrics.encode(), "ponix_writer_seconds_since_last_insert");
+        assert!(before >= 0.02, "{before}");
+        // A failed INSERT does not reset it.
+        metrics.insert_finished(5, Duration::ZERO, InsertResult::Retryable);
+        wait_past(0.01);
+        let during = gauge(&metrics.encode(), "ponix_writer_seconds_since_last_insert");
+        assert!(during > before, "{during} <= {before}");
+        metrics.insert_finished(5, Duration::ZERO, InsertResult::Ok);
+        let after = gauge(&metrics.encode(), "ponix_writer_seconds_since_last_insert");
+        assert!(after < during, "{after} >= {during}");
+    }
+
+    #[test]
+    fn held_batches_and_retries_are_counted() {
+        let metrics = Metrics::new();
+        metrics.batch_held(true);
+        metrics.batch_held(true);
+        metrics.insert_retried();
+        metrics.batch_held(false);
+        let text = metrics.encode();
+        assert_eq!(gauge(&text, "ponix_writer_batches_held"), 1.0);
+        assert_eq!(gauge(&text, "ponix_writer_insert_retries_total"), 1.0);
+        assert_eq!(metrics.held_batches(), 1);
     }
 }

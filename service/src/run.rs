@@ -33,6 +33,9 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{demo, migrate};
 
+/// How long the NATS connection may drain once the shutdown deadline has passed.
+const HARD_DEADLINE_DRAIN: Duration = Duration::from_secs(2);
+
 /// The table the bundled migrations create.
 const MIGRATED_TABLE: &str = "processed_envelopes";
 
@@ -110,10 +113,19 @@ async fn run_writer(
     let stopped_by = Instant::now();
     tokio::select! {
         result = &mut consuming => result.context("consumer failed")?,
-        () = deadline => bail!(
-            "shutdown did not complete within {:?}; unacknowledged messages will be redelivered after AckWait",
-            config.shutdown_timeout
-        ),
+        () = deadline => {
+            // The acks of every batch that did settle may still sit in the client's
+            // buffer: drain briefly, so that they are not redelivered as well.
+            match tokio::time::timeout(HARD_DEADLINE_DRAIN, nats.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "draining the NATS connection failed"),
+                Err(_) => tracing::warn!("draining the NATS connection timed out"),
+            }
+            bail!(
+                "shutdown did not complete within {:?}; unacknowledged messages will be redelivered after AckWait",
+                config.shutdown_timeout
+            )
+        }
     }
 
     if let Some(task) = demo_task

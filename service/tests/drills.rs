@@ -5,7 +5,7 @@
 //! Each drill starts a NATS and a ClickHouse of its own, publishes N envelopes with
 //! unique ids while its fault happens, waits until the consumer is drained, and
 //! prints one `drill-row` line (see `drills/report.rs`): published, stored, missing,
-//! duplicates, dead-lettered, redeliveries, NAKs, re-inserted copies, time to drain
+//! duplicates, dead-lettered, redeliveries, NAKs, insert retries, re-inserted copies, time to drain
 //! and the evidence that the fault really happened. It passes only if nothing is
 //! missing or duplicated, exactly the injected invalid envelopes are dead-lettered,
 //! and the evidence is there.
@@ -60,6 +60,8 @@ const DRILLS: &[(&str, Drill)] = &[
     ("poison", |n| Box::pin(scenarios::poison(n))),
     ("schema-drift", |n| Box::pin(scenarios::schema_drift(n))),
     ("backlog", |n| Box::pin(scenarios::backlog(n))),
+    ("long-outage", |n| Box::pin(scenarios::long_outage(n))),
+    ("replicas", |n| Box::pin(scenarios::replicas(n))),
 ];
 
 fn main() -> ExitCode {

@@ -1,7 +1,8 @@
 //! The writer binary against the real nats-server and the chDB-backed ClickHouse:
 //! what it stores is read back and compared field by field, invalid messages are
-//! found on the dead-letter stream with their headers, a ClickHouse outage is
-//! survived by NAKing, and SIGTERM in the middle of a batch loses nothing.
+//! found on the dead-letter stream with their headers (one near `max_payload` too), a
+//! ClickHouse outage is survived by holding the batch without spending deliveries,
+//! and SIGTERM in the middle of a batch loses nothing.
 //!
 //! Every test has its own stream, consumer, dead-letter stream and database, so they
 //! run in parallel. The tests that stop or freeze ClickHouse start a private one
@@ -9,6 +10,10 @@
 //! Waits are on conditions (`support::wait_for`), never sleeps.
 
 mod support;
+// Shared with the drills, which use every cut; these tests use one.
+#[allow(dead_code)]
+#[path = "drills/trap.rs"]
+mod trap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,8 +24,8 @@ use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use ponix_writer::consumer::{
-    HEADER_DELIVERY_COUNT, HEADER_DETAIL, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    HEADER_STREAM_SEQUENCE,
+    HEADER_DELIVERY_COUNT, HEADER_DETAIL, HEADER_ORIGINAL_SUBJECT, HEADER_PAYLOAD_DROPPED,
+    HEADER_REASON, HEADER_STREAM_SEQUENCE,
 };
 use ponix_writer::envelope::{self, DATETIME_MAX_SECS, ProcessedEnvelope};
 use ponix_writer::payload;
@@ -40,8 +45,10 @@ testkit::integration_tests!(
     a_batch_of_one_is_stored_field_by_field,
     a_batch_of_10000_is_stored_field_by_field,
     concurrent_inserts_store_every_row_once_and_ack_every_message,
+    a_batch_waiting_for_an_earlier_one_keeps_its_messages_in_progress,
     a_mixed_batch_stores_the_valid_and_dead_letters_the_invalid,
-    an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_it_returns,
+    an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_after,
+    a_dead_letter_of_a_message_near_max_payload_lands,
     sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing,
     sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unacked,
 );
@@ -202,6 +209,72 @@ async fn concurrent_inserts_store_every_row_once_and_ack_every_message(
     )
     .await?;
     expect_one_insert_per_batch(&metrics, N, N / BATCH)
+}
+
+/// Two batches insert concurrently; the first one's INSERT commits but its answer is
+/// withheld (a relay in front of ClickHouse) until the writer's insert timeout, well
+/// past AckWait, so the second batch, already committed, waits that long to be
+/// settled after the first. Its messages must stay in progress all that time: no
+/// redelivery of anything, and every row stored (the first batch's retried INSERT
+/// leaves a copy that `FINAL` collapses).
+async fn a_batch_waiting_for_an_earlier_one_keeps_its_messages_in_progress(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 100;
+    const ACK_WAIT_SECS: u64 = 3;
+    const INSERT_TIMEOUT_SECS: u64 = 3 * ACK_WAIT_SECS;
+    let names = Names::new("waiting");
+    let js = names.setup(&endpoints).await?;
+    names.create_stream(&js).await?;
+    let envelopes = simple_envelopes(2 * BATCH, "waiting");
+    publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
+
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], endpoints.clickhouse_port()?));
+    let relay = trap::InsertTrap::start(upstream, "processed_envelopes").await?;
+    let caught = relay.arm(trap::Cut::BeforeAnswer);
+    let vars = names.writer_vars(&[
+        ("PONIX_CLICKHOUSE_URL", relay.url()),
+        ("PONIX_NATS_BATCH_SIZE", BATCH.to_string()),
+        ("PONIX_NATS_BATCH_WAIT_SECS", "1".into()),
+        ("PONIX_CLICKHOUSE_INSERT_CONCURRENCY", "2".into()),
+        ("PONIX_NATS_ACK_WAIT_SECS", ACK_WAIT_SECS.to_string()),
+        (
+            "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
+            INSERT_TIMEOUT_SECS.to_string(),
+        ),
+        ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "100".into()),
+    ]);
+    let writer = names
+        .start_writer(&js, "integration-waiting", &endpoints, &vars)
+        .await?;
+    let caught = tokio::time::timeout(DRAIN_TIMEOUT, caught)
+        .await
+        .context("no INSERT reached the relay")?
+        .context("the relay closed")?;
+    ensure!(caught.committed, "the withheld INSERT did not commit");
+    names.wait_drained(&js, &writer).await?;
+
+    let rows = stored_rows(&endpoints, &names.database).await?;
+    let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
+    compare_rows(&expected, &rows, Duplicates::Allowed)?;
+    let metrics = writer.metrics()?;
+    let batches = metric(&metrics, "ponix_writer_batches_total", &[]);
+    ensure!(
+        batches >= 2.0,
+        "expected two batches or more, got {batches}:\n{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            "ponix_writer_inserts_total",
+            &[("result", "retryable")]
+        ) >= 1.0,
+        "the withheld INSERT did not time out:\n{metrics}"
+    );
+    expect_metric(&metrics, "ponix_writer_redeliveries_total", &[], 0.0)?;
+    expect_metric(&metrics, "ponix_writer_acks_total", &[], (2 * BATCH) as f64)?;
+    names.stop_writer(writer).await?;
+    names.cleanup(&js, &endpoints).await
 }
 
 /// Publishes `n` generated envelopes, starts the writer with `vars` on that backlog,
@@ -447,18 +520,20 @@ async fn a_mixed_batch_stores_the_valid_and_dead_letters_the_invalid(
 }
 
 // ---------------------------------------------------------------------------
-// 3. ClickHouse stopped: NAKed, then stored once it is back.
+// 3. ClickHouse stopped: the batch is held, then stored once it is back.
 // ---------------------------------------------------------------------------
 
-/// A private ClickHouse is stopped under a running writer, and messages arrive. Each
-/// failed INSERT is NAKed with a delay (the writer counts the NAKs and reports not
-/// ready); once ClickHouse is back, every message is stored exactly once, after
-/// redeliveries, and the writer is ready again. The number of redeliveries is bounded
-/// by the backoff: a plain NAK would redeliver at once, in a hot loop.
-async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_it_returns(
+/// A private ClickHouse is stopped under a running writer, and messages arrive. The
+/// writer holds the batch it cannot insert and retries it, spending no delivery:
+/// with MaxDeliver 2 and AckWait 2 s, an outage many NAK delays and ack timers long
+/// ends with nothing NAKed, redelivered or dead-lettered. Meanwhile it stops
+/// fetching, reports not ready and shows the held batch in its metrics; once
+/// ClickHouse is back every message is stored exactly once.
+async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_after(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     const N: usize = 300;
+    const ACK_WAIT: Duration = Duration::from_secs(2);
     let names = Names::new("outage");
     let js = names.setup_streams(&endpoints).await?;
     let mut clickhouse =
@@ -475,11 +550,10 @@ async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_
             &private,
             &names.writer_vars(&[
                 ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "100".into()),
-                ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000".into()),
-                // At most ~1 s between deliveries: the default 20 deliveries would end
-                // (in the dead-letter stream) after ~15 s of outage, and restarting
-                // chDB can take that long on a loaded machine.
-                ("PONIX_NATS_MAX_DELIVER", "10000".into()),
+                ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "500".into()),
+                // With NAKs, the second failed delivery would dead-letter every message.
+                ("PONIX_NATS_MAX_DELIVER", "2".into()),
+                ("PONIX_NATS_ACK_WAIT_SECS", ACK_WAIT.as_secs().to_string()),
                 // ClickHouse is stopped, not hung: inserts fail at once. A generous timeout
                 // keeps an INSERT that is slow after the restart from being retried, and so
                 // stored twice.
@@ -495,50 +569,57 @@ async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_
     let envelopes = simple_envelopes(N, "outage");
     publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
 
-    // The insert fails and the batch is NAKed (with backoff, never a plain NAK), and
-    // the writer says it is not ready.
+    // Held and retried, past three ack timers, and the writer says so.
     support::wait_for(
-        "the writer NAKs the batch it cannot insert",
-        Duration::from_secs(30),
+        "the writer holds the batch it cannot insert and retries it past 3 × AckWait",
+        Duration::from_secs(60),
         || async {
             let metrics = writer.metrics()?;
-            let naks = metric(
-                &metrics,
-                "ponix_writer_naks_total",
-                &[("reason", "retryable")],
-            );
-            let failed = metric(
-                &metrics,
-                "ponix_writer_inserts_total",
-                &[("result", "retryable")],
-            );
-            Ok(if naks > 0.0 && failed > 0.0 {
+            let retries = metric(&metrics, "ponix_writer_insert_retries_total", &[]);
+            let held = metric(&metrics, "ponix_writer_batches_held", &[]);
+            let long = outage_started.elapsed() > ACK_WAIT * 3;
+            Ok(if retries >= 3.0 && held >= 1.0 && long {
                 Ok(())
             } else {
-                Err((naks, failed))
+                Err((retries, held, long))
             })
         },
     )
     .await
     .with_context(|| format!("the writer's log ends with:\n{}", writer.log_tail(30)))?;
-    support::wait_for(
-        "/readyz reports ClickHouse unreachable",
-        Duration::from_secs(30),
-        || async {
-            let response = testkit::localenv::net::http_get(writer.http_port, "/readyz")?;
-            Ok(
-                if response.status == 503 && response.body.contains("store") {
-                    Ok(())
-                } else {
-                    Err((response.status, response.body))
-                },
-            )
-        },
-    )
-    .await?;
+    let response = testkit::localenv::net::http_get(writer.http_port, "/readyz")?;
+    ensure!(
+        response.status == 503
+            && response.body.contains("ClickHouse unreachable")
+            && response.body.contains("holding"),
+        "/readyz does not report the outage: {} {}",
+        response.status,
+        response.body
+    );
+    ensure!(
+        !response.body.contains("Exception") && !response.body.contains("error sending request"),
+        "/readyz quotes the error text: {}",
+        response.body
+    );
     let metrics = writer.metrics()?;
     expect_metric(&metrics, "ponix_writer_acks_total", &[], 0.0)?;
+    expect_metric(&metrics, "ponix_writer_naks_total", &[], 0.0)?;
+    expect_metric(&metrics, "ponix_writer_redeliveries_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_rows_inserted_total", &[], 0.0)?;
+    let silent = metric(&metrics, "ponix_writer_seconds_since_last_insert", &[]);
+    ensure!(
+        silent >= (ACK_WAIT * 3).as_secs_f64() * 0.9,
+        "seconds_since_last_insert is {silent} after a {:?} outage",
+        outage_started.elapsed()
+    );
+    // Stopped fetching: the consumer has delivered no more than the writer holds.
+    let info = names.consumer_info(&js).await?;
+    let received = metric(&metrics, "ponix_writer_messages_received_total", &[]);
+    ensure!(
+        info.delivered.consumer_sequence as f64 == received,
+        "delivered {} but the writer received {received}",
+        info.delivered.consumer_sequence
+    );
 
     blocking(move || stopped.start()).context("starting the private ClickHouse again")?;
     let outage = outage_started.elapsed();
@@ -548,20 +629,15 @@ async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_
     let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
     compare_rows(&expected, &rows, Duplicates::Forbidden)?;
     let metrics = writer.metrics()?;
-    let redeliveries = metric(&metrics, "ponix_writer_redeliveries_total", &[]);
-    ensure!(redeliveries > 0.0, "no redelivery was seen:\n{metrics}");
-    // The shortest NAK delay is half the 100 ms base (jitter): during the outage a
-    // message comes back at most every 50 ms, then once more to be stored.
-    let bound = N as f64 * (outage.as_secs_f64() / 0.05 + 2.0);
-    ensure!(
-        redeliveries <= bound,
-        "{redeliveries} redeliveries in a {outage:?} outage (at most {bound} with backoff): \
-         the NAKs do not delay redelivery"
+    eprintln!(
+        "outage: {outage:?}, {} INSERTs retried for {N} messages",
+        metric(&metrics, "ponix_writer_insert_retries_total", &[])
     );
-    eprintln!("outage: {outage:?}, {redeliveries} redeliveries of {N} messages");
     expect_metric(&metrics, "ponix_writer_rows_inserted_total", &[], N as f64)?;
     expect_metric(&metrics, "ponix_writer_acks_total", &[], N as f64)?;
+    expect_metric(&metrics, "ponix_writer_naks_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
+    expect_metric(&metrics, "ponix_writer_batches_held", &[], 0.0)?;
     let ready = testkit::localenv::net::http_get(writer.http_port, "/readyz")?;
     ensure!(
         ready.status == 200,
@@ -573,6 +649,76 @@ async fn an_insert_failing_while_clickhouse_is_stopped_is_naked_and_lands_after_
     names.delete_streams(&js).await?;
     blocking(move || drop(clickhouse));
     Ok(())
+}
+
+/// An undecodable message of nearly `max_payload` bytes: its dead letter, with the
+/// writer's headers added, would not fit, and before it was fitted every publish
+/// failed and the message was NAKed until MaxDeliver left it undelivered. It must land
+/// on the dead-letter stream without its payload, naming where the original is, on
+/// its first delivery; a valid message published with it is stored.
+async fn a_dead_letter_of_a_message_near_max_payload_lands(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let names = Names::new("maxpayload");
+    let js = names.setup(&endpoints).await?;
+    names.create_stream(&js).await?;
+    let max_payload = js.client().server_info().max_payload;
+    // 0xFF bytes are no valid protobuf: the message is dead-lettered as undecodable.
+    let big = vec![0xFFu8; max_payload - 256];
+    let valid = simple_envelopes(1, "maxpayload");
+    let sequences = publish_all(
+        &js,
+        vec![
+            (names.subject("big"), big.clone(), HeaderMap::new()),
+            names.message(&valid[0]),
+        ],
+    )
+    .await?;
+    let writer = names
+        .start_writer(
+            &js,
+            "integration-maxpayload",
+            &endpoints,
+            &names.writer_vars(&[("PONIX_NATS_MAX_DELIVER", "3".into())]),
+        )
+        .await?;
+    names.wait_drained(&js, &writer).await?;
+
+    let letters = dead_letters(&js, &names.dead_letter_stream).await?;
+    ensure!(letters.len() == 1, "expected one dead letter: {letters:#?}");
+    let letter = &letters[0];
+    ensure!(
+        letter.payload.is_empty(),
+        "the payload should have been left out"
+    );
+    ensure!(
+        letter.header(HEADER_PAYLOAD_DROPPED) == big.len().to_string(),
+        "{letter:#?}"
+    );
+    ensure!(
+        letter.header(HEADER_ORIGINAL_SUBJECT) == names.subject("big"),
+        "{letter:#?}"
+    );
+    ensure!(
+        letter.header(HEADER_STREAM_SEQUENCE) == sequences[0].to_string(),
+        "{letter:#?}"
+    );
+    ensure!(letter.header(HEADER_DELIVERY_COUNT) == "1", "{letter:#?}");
+    ensure!(!letter.header(HEADER_REASON).is_empty(), "{letter:#?}");
+    let rows = stored_rows(&endpoints, &names.database).await?;
+    compare_rows(&[ExpectedRow::of(&valid[0])], &rows, Duplicates::Forbidden)?;
+    let metrics = writer.metrics()?;
+    expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 1.0)?;
+    expect_metric(
+        &metrics,
+        "ponix_writer_dead_letter_failures_total",
+        &[],
+        0.0,
+    )?;
+    expect_metric(&metrics, "ponix_writer_naks_total", &[], 0.0)?;
+
+    names.stop_writer(writer).await?;
+    names.cleanup(&js, &endpoints).await
 }
 
 // ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ pub const DRILLS: &[&str] = &[
     "poison",
     "schema-drift",
     "backlog",
+    "long-outage",
+    "replicas",
 ];
 
 /// Envelopes per drill unless `--messages` says otherwise (the drills' own default).
@@ -34,7 +36,7 @@ pub const DEFAULT_MESSAGES: u64 = 10_000;
 
 /// What each drill prints, after this prefix and a tab.
 const ROW_PREFIX: &str = "drill-row";
-const HEADERS: [&str; 12] = [
+const HEADERS: [&str; 13] = [
     "drill",
     "result",
     "published",
@@ -44,6 +46,7 @@ const HEADERS: [&str; 12] = [
     "dead-lettered",
     "redeliveries",
     "NAKs",
+    "retries",
     "re-inserted",
     "drain",
     "evidence",

@@ -9,7 +9,7 @@ use crate::writer::{Metrics, names};
 
 /// The prefix of the line `cargo xtask drill` reads. The fields follow, tab-separated:
 /// drill, result, published, stored, missing, duplicates, dead-lettered (of injected),
-/// redeliveries, NAKs, re-inserted, drain, evidence.
+/// redeliveries, NAKs, insert retries, re-inserted, drain, evidence.
 pub const ROW_PREFIX: &str = "drill-row";
 
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct Report {
     pub dead_lettered: u64,
     pub redeliveries: u64,
     pub naks: u64,
+    /// INSERTs repeated for batches held through an outage.
+    pub insert_retries: u64,
     pub insert_failures: u64,
     pub ack_failures: u64,
     /// What the writer's own `dead_lettered_total` counted.
@@ -154,6 +156,7 @@ impl Report {
             dead_lettered: dead_letters.len() as u64,
             redeliveries: metrics.sum(names::REDELIVERIES, ""),
             naks: metrics.sum(names::NAKS, ""),
+            insert_retries: metrics.sum(names::INSERT_RETRIES, ""),
             insert_failures: inserts - inserts_ok,
             ack_failures: metrics.sum(names::ACK_FAILURES, ""),
             metrics_dead_lettered: metrics.sum(names::DEAD_LETTERED, ""),
@@ -196,6 +199,7 @@ impl Report {
             format!("{}/{}", self.dead_lettered, self.injected_invalid),
             self.redeliveries.to_string(),
             self.naks.to_string(),
+            self.insert_retries.to_string(),
             self.reinserted.to_string(),
             format!("{:.1}s", self.drain.as_secs_f64()),
             self.notes.join("; "),

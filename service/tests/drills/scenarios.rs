@@ -68,6 +68,19 @@ async fn finish(
     plan: &Plan,
     publishing: Vec<Publishing>,
     writer: Writer,
+    totals: Metrics,
+    fault_over: Instant,
+) -> anyhow::Result<Report> {
+    finish_all(rig, plan, publishing, vec![writer], totals, fault_over).await
+}
+
+/// [`finish`] for drills that run several writers on the one durable consumer: all of
+/// them drain together, and each must exit 0 on SIGTERM.
+async fn finish_all(
+    rig: &mut Rig,
+    plan: &Plan,
+    publishing: Vec<Publishing>,
+    writers: Vec<Writer>,
     mut totals: Metrics,
     fault_over: Instant,
 ) -> anyhow::Result<Report> {
@@ -80,33 +93,48 @@ async fn finish(
     let drain_from = fault_over.max(Instant::now());
     if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
         bail!(
-            "{err:#}\nthe writer's log ends with:\n{}\n{}",
-            writer.log_tail(40),
+            "{err:#}\nthe writers' log ends with:\n{}\n{}",
+            writers.first().map(|w| w.log_tail(40)).unwrap_or_default(),
             rig.infra_log_tails()
         );
     }
     let drain = drain_from.elapsed();
-    let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
-    totals.add(&metrics);
+    let mut statuses = Vec::new();
+    for writer in writers {
+        let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
+        totals.add(&metrics);
+        statuses.push(status);
+    }
     let mut report = rig.report(plan, &totals, drain).await?;
-    report.require(
-        status.success(),
-        format!("the writer exited with {status} after SIGTERM"),
-    );
+    for status in statuses {
+        report.require(
+            status.success(),
+            format!("a writer exited with {status} after SIGTERM"),
+        );
+    }
     Ok(report)
 }
 
 /// clickhouse-down: ClickHouse stops mid-stream for longer than AckWait and comes back
-/// on the same data. The writer NAKs with backoff meanwhile; everything lands once.
+/// on the same data. The writer holds its batch and retries meanwhile (no NAK, no
+/// redelivery); everything lands once.
 pub async fn clickhouse_down(messages: u64) -> anyhow::Result<Report> {
     clickhouse_outage(messages, ClickHouseFault::Down).await
 }
 
 /// clickhouse-hang: ClickHouse is frozen (SIGSTOP) for longer than the insert
-/// timeout, then resumed. Inserts time out and are NAKed; an INSERT the writer gave up
-/// on may still commit when ClickHouse resumes, and its redelivery must not duplicate.
+/// timeout, then resumed. Inserts time out and are retried; an INSERT the writer gave
+/// up on may still commit when ClickHouse resumes, and its retry must not duplicate.
 pub async fn clickhouse_hang(messages: u64) -> anyhow::Result<Report> {
     clickhouse_outage(messages, ClickHouseFault::Hang).await
+}
+
+/// long-outage: with a small MaxDeliver and short NAK delays, ClickHouse is stopped
+/// for ten times the whole NAK budget those allow (the time in which NAKing would
+/// have spent every delivery), while publishing goes on. Nothing may be
+/// dead-lettered, nothing NAKed: an outage spends no delivery.
+pub async fn long_outage(messages: u64) -> anyhow::Result<Report> {
+    clickhouse_outage(messages, ClickHouseFault::LongDown).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,31 +143,62 @@ enum ClickHouseFault {
     Down,
     /// Frozen (SIGSTOP) for at least twice the insert timeout, then resumed.
     Hang,
+    /// Stopped for at least ten times the NAK budget of MaxDeliver (and twice
+    /// AckWait), restarted on the same data.
+    LongDown,
+}
+
+/// The settings of `long-outage`: 5 deliveries, NAK delays from 100 ms to 1 s.
+const LONG_OUTAGE_SETTINGS: &[(&str, &str)] = &[
+    ("PONIX_NATS_MAX_DELIVER", "5"),
+    ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "100"),
+    ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000"),
+];
+
+/// How long NAKing with backoff would take to spend every delivery a message has:
+/// the sum of the un-jittered delays of its first MaxDeliver − 1 NAKs.
+fn nak_budget(rig: &Rig) -> Duration {
+    let setting = |key: &str| -> u64 {
+        rig.setting(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
+    let base = Duration::from_millis(setting("PONIX_NATS_NAK_BACKOFF_BASE_MS"));
+    let max = Duration::from_millis(setting("PONIX_NATS_NAK_BACKOFF_MAX_MS"));
+    (1..setting("PONIX_NATS_MAX_DELIVER") as i64)
+        .map(|delivered| ponix_writer::consumer::nak_delay(delivered, base, max, 1.0))
+        .sum()
 }
 
 /// A third of the envelopes stored, the fault during the second third, the last
 /// third after it.
 async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Result<Report> {
-    // The fault lasts at least twice `lasts_past` (named `bound_name` in the report).
-    let (name, settings, lasts_past, bound_name, state): (_, &[(&str, &str)], _, _, _) = match fault
-    {
-        ClickHouseFault::Down => (
-            "clickhouse-down",
-            &[],
-            "PONIX_NATS_ACK_WAIT_SECS",
-            "AckWait",
-            "down",
-        ),
+    // The fault lasts at least `minimum`, which `bound_name` explains in the report.
+    let (name, settings, state): (_, &[(&str, &str)], _) = match fault {
+        ClickHouseFault::Down => ("clickhouse-down", &[], "down"),
         ClickHouseFault::Hang => (
             "clickhouse-hang",
             &[("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "2")],
-            "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
-            "insert timeout",
             "frozen",
         ),
+        ClickHouseFault::LongDown => ("long-outage", LONG_OUTAGE_SETTINGS, "down"),
     };
     let mut rig = Rig::new(name, settings, Schema::Current).await?;
-    let bound = rig.seconds(lasts_past);
+    let ack_wait = rig.seconds("PONIX_NATS_ACK_WAIT_SECS");
+    let (minimum, bound_name) = match fault {
+        ClickHouseFault::Down => (ack_wait * 2, format!("2 × AckWait {ack_wait:?}")),
+        ClickHouseFault::Hang => {
+            let timeout = rig.seconds("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS");
+            (timeout * 2, format!("2 × insert timeout {timeout:?}"))
+        }
+        ClickHouseFault::LongDown => {
+            let budget = nak_budget(&rig);
+            (
+                (budget * 10).max(ack_wait * 2),
+                format!("10 × the NAK budget of MaxDeliver 5, {budget:?}"),
+            )
+        }
+    };
     let plan = Plan::valid(name, messages);
     let [first, second, third] = thirds(messages);
     let mut writer = Writer::start(&rig.vars, &rig.log).await?;
@@ -157,31 +216,42 @@ async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Res
     // In a block of its own: the guard borrows the rig until the fault ends.
     let (during, waited) = {
         let outage = match fault {
-            ClickHouseFault::Down => Outage::Stopped(blocking(|| rig.clickhouse.stop())?),
+            ClickHouseFault::Down | ClickHouseFault::LongDown => {
+                Outage::Stopped(blocking(|| rig.clickhouse.stop())?)
+            }
             ClickHouseFault::Hang => Outage::Frozen(blocking(|| rig.clickhouse.freeze())?),
         };
         // Published during the fault; the writer takes them and cannot store them.
         let during = publisher.start(&plan, second, None);
         let waited = wait_metrics(
             &mut writer,
-            &format!("inserts failing and messages NAKed while ClickHouse is {state}"),
-            FAULT_TIMEOUT,
+            &format!("inserts failing and retried, a batch held, while ClickHouse is {state}"),
+            FAULT_TIMEOUT + minimum,
             |m| {
                 failed_inserts(m) >= failed_inserts(&before) + 2
-                    && m.sum(names::NAKS, "") > before.sum(names::NAKS, "")
-                    && since.elapsed() >= bound * 2
+                    && m.sum(names::INSERT_RETRIES, "") > before.sum(names::INSERT_RETRIES, "")
+                    && m.sum(names::BATCHES_HELD, "") > 0
+                    && since.elapsed() >= minimum
             },
         )
         .await;
+        // What an operator sees meanwhile: the outage on /readyz, and the time since
+        // the last insert growing.
+        let seen = waited.as_ref().ok().map(|()| {
+            let silent = writer
+                .scrape_or_keep()
+                .sum(names::SECONDS_SINCE_LAST_INSERT, "");
+            (writer.readyz(), silent)
+        });
         match outage {
             Outage::Stopped(stopped) => blocking(|| stopped.start())?,
             Outage::Frozen(frozen) => drop(frozen),
         }
-        (during, waited)
+        (during, waited.map(|()| seen))
     };
-    waited?;
+    let seen = waited?;
     let lasted = since.elapsed();
-    if fault == ClickHouseFault::Down {
+    if fault != ClickHouseFault::Hang {
         // A restarted server no longer has merges stopped.
         rig.stop_merges().await?;
     }
@@ -197,21 +267,41 @@ async fn clickhouse_outage(messages: u64, fault: ClickHouseFault) -> anyhow::Res
         fault_over,
     )
     .await?;
+    let (readyz, silent) = seen.unwrap_or((None, 0));
     report.note(format!(
-        "ClickHouse {state} {:.1}s ({bound_name} {:.0}s), {} failed inserts",
+        "ClickHouse {state} {:.1}s (at least {bound_name}), {} failed inserts, {} retried; \
+         /readyz {}; no insert for {silent}s at the end",
         lasted.as_secs_f64(),
-        bound.as_secs_f64(),
-        report.insert_failures
+        report.insert_failures,
+        report.insert_retries,
+        readyz
+            .as_ref()
+            .map_or("silent".to_owned(), |(status, _)| status.to_string()),
     ));
     report.require(
         report.insert_failures > 0,
         format!("no insert failed while ClickHouse was {state}"),
     );
     report.require(
-        report.naks > 0,
-        format!("nothing was NAKed while ClickHouse was {state}"),
+        report.insert_retries > 0,
+        format!("no INSERT was retried while ClickHouse was {state}"),
     );
-    report.require(report.redeliveries > 0, "no redelivery was observed");
+    // An outage spends no delivery: nothing is NAKed (only shutdown NAKs a held
+    // batch, and this one ended before the writer was stopped).
+    report.require(
+        report.naks == 0,
+        format!("{} messages were NAKed during the outage", report.naks),
+    );
+    report.require(
+        matches!(&readyz, Some((503, body)) if body.contains("holding")),
+        format!("/readyz did not report the held batch during the outage: {readyz:?}"),
+    );
+    if fault != ClickHouseFault::Hang {
+        report.require(
+            silent * 1000 >= minimum.as_millis() as u64 / 2,
+            format!("seconds_since_last_insert was {silent} after {lasted:?} down"),
+        );
+    }
     Ok(report)
 }
 
@@ -441,6 +531,86 @@ pub async fn writer_kill(messages: u64) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// How many times `replicas` SIGKILLs and restarts one of its writers.
+const REPLICA_KILLS: u64 = 4;
+
+/// replicas: three writers share the durable consumer under load. One is SIGKILLed
+/// and restarted again and again, another is stopped with SIGTERM halfway and started
+/// again; every row is stored once, and every writer stored some.
+pub async fn replicas(messages: u64) -> anyhow::Result<Report> {
+    let name = "replicas";
+    // Small batches spread the stream over the three.
+    let mut rig = Rig::new(name, &[("PONIX_NATS_BATCH_SIZE", "200")], Schema::Current).await?;
+    let plan = Plan::valid(name, messages);
+    // Started together, as a Deployment rolls out.
+    let (a, b, c) = tokio::try_join!(
+        Writer::start(&rig.vars, &rig.log),
+        Writer::start(&rig.vars, &rig.log),
+        Writer::start(&rig.vars, &rig.log),
+    )?;
+    let mut writers = [a, b, c];
+    rig.start_monitor();
+    // A few batches ahead of what is stored, so that publishing lasts through the
+    // faults.
+    let publishing = rig.start_publishing(&plan, 1..=plan.total, Some(1000));
+
+    let mut totals = Metrics::default();
+    let mut stored_by = [0u64; 3];
+    let spacing = messages / (REPLICA_KILLS + 2);
+    for kill in 1..=REPLICA_KILLS {
+        rig.wait_rows(kill * spacing, FAULT_TIMEOUT).await?;
+        if kill == REPLICA_KILLS / 2 {
+            let stopping = replace_writer(&mut writers[1], &rig)?;
+            let (status, metrics) = stopping.terminate(Duration::from_secs(45)).await?;
+            ensure!(
+                status.success(),
+                "a replica exited with {status} after SIGTERM:\n{}",
+                writers[1].log_tail(30)
+            );
+            stored_by[1] += metrics.sum(names::ROWS_INSERTED, "");
+            totals.add(&metrics);
+            writers[1].wait_ready().await?;
+        }
+        let mut killed = replace_writer(&mut writers[0], &rig)?;
+        killed.scrape_or_keep();
+        let metrics = killed.kill().await?;
+        stored_by[0] += metrics.sum(names::ROWS_INSERTED, "");
+        totals.add(&metrics);
+        writers[0].wait_ready().await?;
+    }
+    for (index, writer) in writers.iter_mut().enumerate() {
+        stored_by[index] += writer.scrape_or_keep().sum(names::ROWS_INSERTED, "");
+    }
+
+    let fault_over = Instant::now();
+    let mut report = finish_all(
+        &mut rig,
+        &plan,
+        vec![publishing],
+        writers.into(),
+        totals,
+        fault_over,
+    )
+    .await?;
+    report.note(format!(
+        "3 writers on one consumer; {REPLICA_KILLS} SIGKILLs of one, 1 SIGTERM of another; \
+         rows inserted per writer slot (before the drain) {stored_by:?}"
+    ));
+    report.require(
+        stored_by.iter().all(|rows| *rows > 0),
+        format!("not every writer stored rows: {stored_by:?}"),
+    );
+    Ok(report)
+}
+
+/// Puts a newly spawned writer (not yet ready) in `slot` and returns the one it
+/// replaces, to be stopped by the caller; the new one starts while the old one stops,
+/// as a restarted pod would.
+fn replace_writer(slot: &mut Writer, rig: &Rig) -> anyhow::Result<Writer> {
+    let new = Writer::spawn(&rig.vars, &rig.log)?;
+    Ok(std::mem::replace(slot, new))
+}
+
 /// poison: 1% of the envelopes are undecodable or invalid (five kinds). Every valid
 /// one is stored; every invalid one is on the dead-letter stream with its reason,
 /// delivered at most twice.
@@ -482,9 +652,9 @@ pub async fn poison(messages: u64) -> anyhow::Result<Report> {
 /// schema-drift: the writer runs against a table whose schema does not match, first a
 /// missing column (the last migration not applied, migrations switched off in the
 /// writer), then a renamed one. Inserts fail as permanent errors; the writer says so
-/// in its log and on /readyz and keeps every message in the stream (NAKed with the
-/// longest backoff: nothing stored, nothing dead-lettered). Fixing the table (goose
-/// `up`, then an ALTER) lets the backlog drain without a restart.
+/// in its log and on /readyz and holds its batch, retrying, while the rest stays in
+/// the stream (nothing stored, nothing dead-lettered, nothing NAKed). Fixing the
+/// table (goose `up`, then an ALTER) lets the backlog drain without a restart.
 pub async fn schema_drift(messages: u64) -> anyhow::Result<Report> {
     let name = "schema-drift";
     let mut rig = Rig::new(
@@ -546,13 +716,17 @@ pub async fn schema_drift(messages: u64) -> anyhow::Result<Report> {
     )
     .await?;
     report.note(evidence.join("; "));
-    report.require(report.redeliveries > 0, "no redelivery was observed");
+    report.require(report.insert_retries > 0, "no INSERT was retried");
+    report.require(
+        report.naks == 0,
+        format!("{} messages were NAKed for a schema problem", report.naks),
+    );
     Ok(report)
 }
 
-/// While the schema is wrong: inserts fail as permanent (destination) errors, the
-/// messages are NAKed for that reason, the writer is not ready and logs the error,
-/// nothing more is stored or dead-lettered, and every message is still in the stream.
+/// While the schema is wrong: inserts fail as permanent (destination) errors and are
+/// retried, the writer is not ready and logs the error, nothing more is stored or
+/// dead-lettered, and every message is still in the stream or held by the writer.
 async fn expect_permanent_errors(
     rig: &Rig,
     writer: &mut Writer,
@@ -561,24 +735,23 @@ async fn expect_permanent_errors(
     rows_before: u64,
 ) -> anyhow::Result<()> {
     const PERMANENT: &str = "result=\"permanent_destination\"";
-    const NAKED: &str = "reason=\"permanent_destination\"";
     wait_metrics(
         writer,
-        "permanent insert errors, the messages NAKed",
+        "permanent insert errors, the batch held and retried",
         FAULT_TIMEOUT,
         |m| {
             m.sum(names::INSERTS, PERMANENT) >= before.sum(names::INSERTS, PERMANENT) + 3
-                && m.sum(names::NAKS, NAKED) > before.sum(names::NAKS, NAKED)
+                && m.sum(names::INSERT_RETRIES, "") > before.sum(names::INSERT_RETRIES, "")
         },
     )
     .await?;
     match writer.readyz() {
-        Some((503, body)) if body.contains("permanent store error") => {}
+        Some((503, body)) if body.contains("table or credential problem") => {}
         other => bail!("/readyz does not report the permanent store error: {other:?}"),
     }
     let log = std::fs::read_to_string(&rig.log)?;
     ensure!(
-        log.contains("permanent store error") && log.contains("until the schema is fixed"),
+        log.contains("permanent store error") && log.contains("until the table is fixed"),
         "the writer's log does not report the permanent store error"
     );
     let rows = rig.rows().await?;

@@ -180,4 +180,8 @@ pub mod names {
     pub const INSERTS: &str = "ponix_writer_inserts_total";
     pub const DEAD_LETTERED: &str = "ponix_writer_dead_lettered_total";
     pub const ACK_FAILURES: &str = "ponix_writer_ack_failures_total";
+    pub const INSERT_RETRIES: &str = "ponix_writer_insert_retries_total";
+    pub const ROWS_INSERTED: &str = "ponix_writer_rows_inserted_total";
+    pub const BATCHES_HELD: &str = "ponix_writer_batches_held";
+    pub const SECONDS_SINCE_LAST_INSERT: &str = "ponix_writer_seconds_since_last_insert";
 }
