@@ -27,11 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consumer::{self, Consumer};
+use crate::consumer::Consumer;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::{demo, migrate};
+use crate::{demo, migrate, streams};
 
 /// The table the bundled migrations create.
 const MIGRATED_TABLE: &str = "processed_envelopes";
@@ -172,7 +172,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     health.set_migrations_done();
 
     let js = jetstream::new(nats.clone());
-    let pull = consumer::ensure(&js, &config.nats).await?;
+    let pull = streams::ensure(&js, &config.nats).await?;
     // Ready only now: a message published after /readyz answers 200 is consumed.
     health.set_consumer_ready();
 
