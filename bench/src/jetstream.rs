@@ -42,7 +42,7 @@ impl Nats {
             .await
             .with_context(|| format!("connecting to NATS at {}", config.url))?;
         let js = jetstream::new(client);
-        ponix_writer::consumer::ensure(&js, config).await?;
+        ponix_writer::streams::ensure(&js, config).await?;
         let nats = Nats {
             js,
             config: config.clone(),

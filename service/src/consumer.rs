@@ -133,12 +133,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -177,63 +174,6 @@ pub const MAX_DETAIL_CHARS: usize = 512;
 /// Upper bound on INSERT statements spent bisecting one batch. Past it, the rows not
 /// yet tried are NAKed and come back in a later batch.
 const MAX_INSERTS_PER_BATCH: usize = 64;
-
-/// Creates what the writer needs on the server if it is missing: the stream, the
-/// dead-letter stream (both file storage) and the durable pull consumer. The consumer
-/// is created or updated, so AckWait, MaxDeliver, MaxAckPending and the filter
-/// follow the configuration on every start.
-pub async fn ensure(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<PullConsumer> {
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: config.stream_subjects.clone(),
-            storage: StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("ensuring stream {}", config.stream))?;
-    ensure_dead_letter_stream(js, config).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(config.consumer.clone()),
-            description: Some("ponix-writer: ProcessedEnvelope to ClickHouse".to_owned()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: config.ack_wait,
-            max_deliver: config.max_deliver,
-            max_ack_pending: config.max_ack_pending,
-            filter_subject: config.subject.clone(),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "creating or updating durable consumer {} on stream {} (filter {})",
-                config.consumer, config.stream, config.subject
-            )
-        })?;
-    Ok(consumer)
-}
-
-/// Creates the dead-letter stream if it is missing.
-pub async fn ensure_dead_letter_stream(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-) -> anyhow::Result<()> {
-    js.get_or_create_stream(stream::Config {
-        name: config.dead_letter_stream.clone(),
-        subjects: vec![config.dead_letter_subject.clone()],
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
-            config.dead_letter_stream, config.dead_letter_subject
-        )
-    })?;
-    Ok(())
-}
 
 /// The delay of a NAK for a message on its `delivered`-th delivery:
 /// `base × 2^(delivered − 1)`, capped at `max`, then jittered into `[d/2, d]` with
@@ -560,7 +500,7 @@ impl Consumer {
                         retry_at = Some(Instant::now() + pause);
                         // The stream or consumer may have been deleted under us: recreate
                         // them (idempotent) before the next pull.
-                        match ensure(&self.js, &self.config).await {
+                        match crate::streams::ensure(&self.js, &self.config).await {
                             Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
                             Err(error) => tracing::warn!(
                                 error = format!("{error:#}"),
@@ -1032,7 +972,9 @@ impl Consumer {
             if results.iter().any(Result::is_err) {
                 // Perhaps the dead-letter stream was deleted: recreate it (idempotent)
                 // so that the retry, or the NAKed messages when they come back, find it.
-                if let Err(error) = ensure_dead_letter_stream(&self.js, &self.config).await {
+                if let Err(error) =
+                    crate::streams::ensure_dead_letter_stream(&self.js, &self.config).await
+                {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "re-ensuring the dead-letter stream failed"

@@ -2,7 +2,7 @@
 //!
 //! Modules follow the data path: [`config`] → [`envelope`] (decode and validate) →
 //! [`payload`] (Struct ↔ JSON) → [`row`] (conversion) → [`store`] (ClickHouse) →
-//! [`consumer`] (JetStream) → [`run`] (wiring, shutdown).
+//! [`streams`] and [`consumer`] (JetStream) → [`run`] (wiring, shutdown).
 
 pub mod config;
 pub mod consumer;
@@ -18,3 +18,4 @@ pub mod row;
 pub mod run;
 pub mod sample;
 pub mod store;
+pub mod streams;

@@ -27,11 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consumer::{self, Consumer};
+use crate::consumer::Consumer;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::{demo, migrate};
+use crate::{demo, migrate, streams};
 
 /// How long the NATS connection may drain once the shutdown deadline has passed.
 const HARD_DEADLINE_DRAIN: Duration = Duration::from_secs(2);
@@ -184,7 +184,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     health.set_migrations_done();
 
     let js = jetstream::new(nats.clone());
-    let pull = consumer::ensure(&js, &config.nats).await?;
+    let pull = streams::ensure(&js, &config.nats).await?;
     // Ready only now: a message published after /readyz answers 200 is consumed.
     health.set_consumer_ready();
 

@@ -192,7 +192,7 @@ impl Rig {
         };
         rig.stop_merges().await?;
         let config = rig.writer_config()?;
-        ponix_writer::consumer::ensure(&rig.js, &config.nats)
+        ponix_writer::streams::ensure(&rig.js, &config.nats)
             .await
             .context("creating the streams and the consumer")?;
         Ok(rig)
