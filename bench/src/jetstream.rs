@@ -10,8 +10,8 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
 use ponix_writer::config::NatsConfig;
-use ponix_writer::store::Store;
 use ponix_writer::sample::{self, Payload};
+use ponix_writer::store::Store;
 use prost::Message as _;
 use tokio::time::Instant;
 
