@@ -8,7 +8,9 @@
 //! * a stream recreated by someone else (sequences from 1 again) is refused, by name
 //!   and with the fix, unless `PONIX_NATS_ALLOW_SEQUENCE_REUSE` accepts it;
 //! * a durable consumer whose MaxDeliver or AckWait differs is refused and left as it
-//!   is; a missing one is created.
+//!   is; a missing one is created;
+//! * and, end to end, the payload nesting limit the README documents: the deepest
+//!   payloads allowed are stored, one level more is dead-lettered as `decode_error`.
 //!
 //! Every test has its own stream, consumer and database. Waits are on conditions.
 
@@ -33,6 +35,7 @@ testkit::integration_tests!(
     a_stream_deleted_under_the_writer_continues_after_the_stored_sequences,
     a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed,
     a_consumer_with_another_max_deliver_or_ack_wait_is_refused,
+    the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -471,6 +474,93 @@ async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
     )
     .await?;
     ensure!(consumer_config().await? == (5, Duration::from_secs(10)));
+    let (status, log) = writer_terminate(writer).await?;
+    ensure!(status.success(), "{log}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. Payload nesting (README, "Validation rules").
+// ---------------------------------------------------------------------------
+
+/// `data` with `objects` nested objects (`data` itself the first) around a number, or
+/// holding `lists` nested lists around a number.
+fn nested(objects: usize, lists: usize) -> anyhow::Result<prost_types::Struct> {
+    let mut json = "1".to_owned();
+    for _ in 0..lists {
+        json = format!("[{json}]");
+    }
+    for _ in 0..objects {
+        json = format!(r#"{{"a":{json}}}"#);
+    }
+    Ok(payload::json_str_to_struct(&json)?)
+}
+
+async fn the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let names = Names::new("depth");
+    let js = connect(&endpoints).await?;
+    names.setup(&endpoints, &js).await?;
+    let writer = WriterProcess::start("streams-depth", &endpoints, &names.vars(&[])).await?;
+    let cases = [
+        ("objects-33", nested(33, 0)?),
+        ("lists-48", nested(1, 48)?),
+        ("objects-34", nested(34, 0)?),
+        ("lists-49", nested(1, 49)?),
+    ];
+    for (device, data) in &cases {
+        let envelope = ProcessedEnvelope {
+            organization_id: "org-depth".into(),
+            end_device_id: (*device).to_owned(),
+            occurred_at: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            processed_at: Some(Timestamp {
+                seconds: 1_700_000_001,
+                nanos: 0,
+            }),
+            data: Some(data.clone()),
+        };
+        js.publish(names.subject(device), envelope.encode_to_vec().into())
+            .await?
+            .await?;
+    }
+    let rows = names.wait_rows(&endpoints, 2).await?;
+    let devices: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    ensure!(devices == ["objects-33", "lists-48"], "{rows:?}");
+    let stored: Vec<String> = support::clickhouse(&endpoints, &names.database)
+        .query("SELECT toJSONString(data) FROM processed_envelopes FINAL ORDER BY stream_sequence")
+        .fetch_all::<String>()
+        .await?;
+    for ((device, data), got) in cases.iter().zip(&stored) {
+        let want: serde_json::Value = serde_json::from_str(&payload::struct_to_json(data)?)?;
+        let got: serde_json::Value = serde_json::from_str(got)?;
+        ensure!(got == want, "{device}: stored {got}, sent {want}");
+    }
+
+    let dead_letters = format!("{}_DEAD_LETTERS", names.stream);
+    let dead = wait_for("2 dead letters", TIMEOUT, || async {
+        let count = js
+            .get_stream(&dead_letters)
+            .await?
+            .cached_info()
+            .state
+            .messages;
+        Ok(if count == 2 { Ok(()) } else { Err(count) })
+    })
+    .await;
+    dead?;
+    let stream = js.get_stream(&dead_letters).await?;
+    for sequence in 1..=2 {
+        let letter = stream.get_raw_message(sequence).await?;
+        let reason = letter
+            .headers
+            .get(ponix_writer::consumer::HEADER_REASON)
+            .map(|v| v.to_string());
+        ensure!(reason.as_deref() == Some("decode_error"), "{reason:?}");
+    }
     let (status, log) = writer_terminate(writer).await?;
     ensure!(status.success(), "{log}");
     Ok(())
