@@ -1089,11 +1089,12 @@ fn nats_servers(s: &str) -> Result<(Vec<String>, NatsAuth), Option<String>> {
         }
         if let Some(userinfo) = split.userinfo {
             let parsed = parse_userinfo(userinfo).ok_or_else(|| {
-                Some(format!(
+                Some(
                     "the credentials before `@` are empty or not UTF-8 once percent-decoded \
                      (expected nats://user:password@host or nats://token@host; write `%` as \
                      %25 and `,` as %2C)"
-                ))
+                        .to_owned(),
+                )
             })?;
             match &auth {
                 Some(first) if *first != parsed => {

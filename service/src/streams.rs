@@ -322,7 +322,11 @@ async fn ensure_consumer(
     config: &NatsConfig,
 ) -> anyhow::Result<PullConsumer> {
     match stream.consumer_info(&config.consumer).await {
-        Ok(info) => check_consumer(config, &info.config)?,
+        Ok(info) => {
+            if let Some(refusal) = check_consumer(config, &info.config) {
+                return Err(refusal.into());
+            }
+        }
         Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {}
         Err(error) => {
             return Err(error).with_context(|| {
@@ -358,7 +362,7 @@ async fn ensure_consumer(
 pub fn check_consumer(
     config: &NatsConfig,
     existing: &jetstream::consumer::Config,
-) -> Result<(), Refusal> {
+) -> Option<Refusal> {
     let mismatch =
         |setting, variable, existing: String, existing_value: String, configured: String| {
             Refusal::ConsumerMismatch {
@@ -374,7 +378,7 @@ pub fn check_consumer(
     // The server stores an unset MaxDeliver as -1; both mean unlimited.
     let max_deliver = |n: i64| if n <= 0 { -1 } else { n };
     if max_deliver(existing.max_deliver) != max_deliver(config.max_deliver) {
-        return Err(mismatch(
+        return Some(mismatch(
             "MaxDeliver",
             "PONIX_NATS_MAX_DELIVER",
             existing.max_deliver.to_string(),
@@ -384,7 +388,7 @@ pub fn check_consumer(
     }
     if existing.ack_wait != config.ack_wait {
         let secs = |d: Duration| d.as_secs_f64().to_string();
-        return Err(mismatch(
+        return Some(mismatch(
             "AckWait",
             "PONIX_NATS_ACK_WAIT_SECS",
             format!("{:?}", existing.ack_wait),
@@ -392,7 +396,7 @@ pub fn check_consumer(
             secs(config.ack_wait),
         ));
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -467,10 +471,8 @@ mod tests {
             max_deliver,
             ..Default::default()
         };
-        assert_eq!(check_consumer(&c, &existing(30, 20)), Ok(()));
-        let text = check_consumer(&c, &existing(30, 5))
-            .unwrap_err()
-            .to_string();
+        assert_eq!(check_consumer(&c, &existing(30, 20)), None);
+        let text = check_consumer(&c, &existing(30, 5)).unwrap().to_string();
         for needle in [
             "MaxDeliver 5",
             "PONIX_NATS_MAX_DELIVER=20",
@@ -479,9 +481,7 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle}: {text}");
         }
-        let text = check_consumer(&c, &existing(60, 20))
-            .unwrap_err()
-            .to_string();
+        let text = check_consumer(&c, &existing(60, 20)).unwrap().to_string();
         for needle in [
             "AckWait 60s",
             "PONIX_NATS_ACK_WAIT_SECS=30",
@@ -494,7 +494,7 @@ mod tests {
             max_deliver: 0,
             ..c.clone()
         };
-        assert_eq!(check_consumer(&unlimited, &existing(30, -1)), Ok(()));
+        assert_eq!(check_consumer(&unlimited, &existing(30, -1)), None);
     }
 
     #[test]
