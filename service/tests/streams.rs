@@ -34,6 +34,7 @@ testkit::integration_tests!(
     no_secret_in_the_trace_log_with_credentials_in_the_nats_url,
     a_stream_deleted_under_the_writer_continues_after_the_stored_sequences,
     a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed,
+    a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1,
     a_consumer_with_another_max_deliver_or_ack_wait_is_refused,
     the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered,
 );
@@ -399,6 +400,54 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
         log.contains("PONIX_NATS_ALLOW_SEQUENCE_REUSE=true: consuming anyway"),
         "{log}"
     );
+    Ok(())
+}
+
+/// While running, the writer re-checks the stream after every failed pull. Here the
+/// table is made to hold a sequence beyond the stream's (as after a recreation by
+/// someone else) and the consumer is deleted, so that the next pull fails: the
+/// re-check finds the reuse, and the writer stops consuming and exits with code 1.
+async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let names = Names::new("running");
+    let js = connect(&endpoints).await?;
+    names.setup(&endpoints, &js).await?;
+    let writer = WriterProcess::start("streams-running", &endpoints, &names.vars(&[])).await?;
+    names.publish(&js, &["a1", "a2"]).await?;
+    names.wait_rows(&endpoints, 2).await?;
+
+    support::clickhouse(&endpoints, &names.database)
+        .query(
+            "INSERT INTO processed_envelopes \
+             (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence) \
+             VALUES ('org-old', 'old', 1600000000, 1600000000, '{}', 1000)",
+        )
+        .execute()
+        .await
+        .context("storing a row with a later sequence")?;
+    js.get_stream(&names.stream)
+        .await?
+        .delete_consumer(&names.consumer)
+        .await
+        .context("deleting the consumer, so that the next pull fails")?;
+
+    let log = writer.log.clone();
+    let status = writer.wait_exit(TIMEOUT).await?;
+    let output = std::fs::read_to_string(&log)?;
+    ensure!(status.code() == Some(1), "exit {status}:\n{output}");
+    for needle in [
+        "stopped consuming",
+        "would reuse stream sequences",
+        "next sequence is 3",
+        "up to 1000",
+        "--first-sequence 1001",
+    ] {
+        ensure!(
+            output.contains(needle),
+            "{needle:?} missing from:\n{output}"
+        );
+    }
     Ok(())
 }
 
