@@ -8,6 +8,11 @@
 //! values are all reported at once, each naming the variable, the value (never a secret's)
 //! and the expected form. Unknown `PONIX_*` variables are probably typos: they become
 //! warnings, not errors, so a newer deployment file does not stop an older writer.
+//!
+//! Credentials in `PONIX_NATS_URL` are split off when it is parsed ([`NatsAuth`], by the
+//! rule of `split_userinfo`: the user-info ends at the last `@`), so that no URL handed
+//! to the NATS client, which logs server URLs, carries them. Secrets are [`Secret`]s:
+//! their Debug and Display show `***`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
