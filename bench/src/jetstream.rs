@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
 use ponix_writer::config::NatsConfig;
 use ponix_writer::sample::{self, Payload};
+use ponix_writer::store::Store;
 use prost::Message as _;
 use tokio::time::Instant;
 
@@ -35,14 +36,15 @@ pub struct Nats {
 impl Nats {
     /// Connects and creates the stream, the dead-letter stream and the writer's
     /// consumer exactly as the writer would, so that the backlog is waiting for it.
-    pub async fn connect(config: &NatsConfig) -> anyhow::Result<Nats> {
-        let client = async_nats::ConnectOptions::new()
+    pub async fn connect(config: &NatsConfig, store: &Store) -> anyhow::Result<Nats> {
+        let client = config
+            .connect_options()
             .name("ponix-bench")
             .connect(config.server_urls())
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.url))?;
+            .with_context(|| format!("connecting to NATS at {}", config.servers.join(",")))?;
         let js = jetstream::new(client);
-        ponix_writer::streams::ensure(&js, config).await?;
+        ponix_writer::streams::ensure(&js, config, store).await?;
         let nats = Nats {
             js,
             config: config.clone(),

@@ -150,7 +150,11 @@ async fn run() -> anyhow::Result<()> {
     let store = clickhouse::Tables::new(&config.clickhouse);
     store.require_empty().await?;
 
-    let nats = jetstream::Nats::connect(&config.nats).await?;
+    let nats = jetstream::Nats::connect(
+        &config.nats,
+        &ponix_writer::store::Store::new(&config.clickhouse),
+    )
+    .await?;
 
     phase(&format!(
         "publish {} envelopes",

@@ -8,6 +8,11 @@
 //! values are all reported at once, each naming the variable, the value (never a secret's)
 //! and the expected form. Unknown `PONIX_*` variables are probably typos: they become
 //! warnings, not errors, so a newer deployment file does not stop an older writer.
+//!
+//! Credentials in `PONIX_NATS_URL` are split off when it is parsed ([`NatsAuth`], by the
+//! rule of `split_userinfo`: the user-info ends at the last `@`), so that no URL handed
+//! to the NATS client, which logs server URLs, carries them. Secrets are [`Secret`]s:
+//! their Debug and Display show `***`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -83,9 +88,11 @@ pub enum LogFormat {
 
 #[derive(Clone)]
 pub struct NatsConfig {
-    /// One server URL, or several separated by commas; see [`NatsConfig::server_urls`].
-    /// May hold credentials (`nats://user:pass@host`): Debug output hides them.
-    pub url: String,
+    /// The servers of `PONIX_NATS_URL`, without credentials: what async-nats is given
+    /// (a `&str` would be parsed as *one* server, so a list is passed as a list).
+    pub servers: Vec<String>,
+    /// The credentials `PONIX_NATS_URL` carried, passed as connect options.
+    pub auth: NatsAuth,
     pub stream: String,
     /// Subjects the stream captures when the writer creates it.
     pub stream_subjects: Vec<String>,
@@ -102,13 +109,32 @@ pub struct NatsConfig {
     pub dead_letter_stream: String,
     pub nak_backoff_base: Duration,
     pub nak_backoff_max: Duration,
+    /// Retention of the streams the writer creates; zero is unlimited.
+    pub stream_max_age: Duration,
+    pub stream_max_bytes: u64,
+    pub dead_letter_max_age: Duration,
+    pub dead_letter_max_bytes: u64,
+    /// Consume from a stream whose sequences the table already holds (see
+    /// [`crate::streams`]).
+    pub allow_sequence_reuse: bool,
 }
 
 impl NatsConfig {
-    /// The servers to connect to, for `async_nats::connect`: a `&str` is parsed as *one*
-    /// server, so a comma-separated list must be passed as this list instead.
+    /// The servers to connect to, for `async_nats::ConnectOptions::connect`.
     pub fn server_urls(&self) -> Vec<&str> {
-        self.url.split(',').collect()
+        self.servers.iter().map(String::as_str).collect()
+    }
+
+    /// Connect options carrying the credentials, if any: the one place they go.
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        let options = async_nats::ConnectOptions::new();
+        match &self.auth {
+            NatsAuth::None => options,
+            NatsAuth::Token(token) => options.token(token.expose().to_owned()),
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.expose().to_owned(), password.expose().to_owned())
+            }
+        }
     }
 }
 
@@ -116,7 +142,8 @@ impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Destructured, so that a new field cannot be left out of the logs by accident.
         let Self {
-            url,
+            servers,
+            auth,
             stream,
             stream_subjects,
             subject,
@@ -131,9 +158,16 @@ impl fmt::Debug for NatsConfig {
             dead_letter_stream,
             nak_backoff_base,
             nak_backoff_max,
+            stream_max_age,
+            stream_max_bytes,
+            dead_letter_max_age,
+            dead_letter_max_bytes,
+            allow_sequence_reuse,
         } = self;
         f.debug_struct("NatsConfig")
-            .field("url", &redact_credentials(url))
+            .field("servers", servers)
+            // Secret's Debug shows `***`.
+            .field("auth", auth)
             .field("stream", stream)
             .field("stream_subjects", stream_subjects)
             .field("subject", subject)
@@ -148,8 +182,26 @@ impl fmt::Debug for NatsConfig {
             .field("dead_letter_stream", dead_letter_stream)
             .field("nak_backoff_base", nak_backoff_base)
             .field("nak_backoff_max", nak_backoff_max)
+            .field("stream_max_age", stream_max_age)
+            .field("stream_max_bytes", stream_max_bytes)
+            .field("dead_letter_max_age", dead_letter_max_age)
+            .field("dead_letter_max_bytes", dead_letter_max_bytes)
+            .field("allow_sequence_reuse", allow_sequence_reuse)
             .finish()
     }
+}
+
+/// How the writer authenticates to NATS. Taken out of `PONIX_NATS_URL` when the
+/// configuration is parsed and handed to async-nats as connect options, so that no
+/// URL the client sees (it logs server addresses at debug level) carries a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    /// `nats://token@host`.
+    Token(Secret),
+    /// `nats://user:password@host`; the password may be empty.
+    UserPassword { user: Secret, password: Secret },
 }
 
 #[derive(Debug, Clone)]
@@ -257,8 +309,11 @@ impl Form {
     fn describe(self) -> String {
         match self {
             Form::NatsUrl => "a NATS server URL such as nats://127.0.0.1:4222 (comma-separated \
-                              for several; schemes nats, tls, ws, wss; credentials as \
-                              nats://user:pass@host are kept out of logs)"
+                              for several; schemes nats, tls, ws, wss). Credentials as \
+                              nats://user:password@host or nats://token@host are passed to \
+                              the client apart from the URL and never logged: they end at \
+                              the last `@` and are percent-decoded (write `%` as %25, `,` as \
+                              %2C)"
                 .into(),
             Form::HttpUrl => "an http:// or https:// URL of host and optional port, such as \
                               http://127.0.0.1:8123, without credentials, path or query"
@@ -368,6 +423,26 @@ vars! {
     NATS_NAK_BACKOFF_MAX_MS: "PONIX_NATS_NAK_BACKOFF_MAX_MS", Value("30000"),
         Millis { min: 1, max: 3_600_000 }, false,
         "Longest redelivery delay. At least PONIX_NATS_NAK_BACKOFF_BASE_MS.";
+    NATS_STREAM_MAX_AGE_SECS: "PONIX_NATS_STREAM_MAX_AGE_SECS", Value("0"),
+        WholeNumber { min: 0, max: 3_153_600_000 }, false,
+        "Whole seconds a message is kept in the stream, when the writer creates it; 0 keeps \
+         messages without an age limit. An existing stream is not changed.";
+    NATS_STREAM_MAX_BYTES: "PONIX_NATS_STREAM_MAX_BYTES", Value("0"),
+        Bytes { min: 0, max: 1 << 50 }, false,
+        "Most bytes the stream keeps (oldest dropped first), when the writer creates it; 0 is \
+         unlimited. An existing stream is not changed.";
+    NATS_DEAD_LETTER_MAX_AGE_SECS: "PONIX_NATS_DEAD_LETTER_MAX_AGE_SECS", Value("0"),
+        WholeNumber { min: 0, max: 3_153_600_000 }, false,
+        "Whole seconds a dead letter is kept, when the writer creates the dead-letter stream; \
+         0 keeps them without an age limit.";
+    NATS_DEAD_LETTER_MAX_BYTES: "PONIX_NATS_DEAD_LETTER_MAX_BYTES", Value("0"),
+        Bytes { min: 0, max: 1 << 50 }, false,
+        "Most bytes the dead-letter stream keeps (oldest dropped first), when the writer \
+         creates it; 0 is unlimited.";
+    NATS_ALLOW_SEQUENCE_REUSE: "PONIX_NATS_ALLOW_SEQUENCE_REUSE", Value("false"), Bool, false,
+        "Consume from a stream whose sequences the table already holds (a stream recreated \
+         outside the writer). New rows may then replace old rows with the same organization, \
+         device, second and sequence; see the README's Guarantees.";
     CLICKHOUSE_URL: "PONIX_CLICKHOUSE_URL", Value("http://127.0.0.1:8123"), HttpUrl, false,
         "ClickHouse HTTP interface.";
     CLICKHOUSE_DATABASE: "PONIX_CLICKHOUSE_DATABASE", Value("ponix"), Identifier, false,
@@ -437,6 +512,28 @@ pub fn help_text() -> String {
             var.name,
             var.help,
             var.expected(),
+        ));
+    }
+    out
+}
+
+/// The README's configuration table, generated from [`VARIABLES`]. A test checks that
+/// README.md holds exactly this; `UPDATE_README=1 cargo test -p ponix-writer --lib
+/// readme` rewrites it there.
+pub fn readme_table() -> String {
+    let mut out =
+        String::from("| Variable | Default | Expected form | Description |\n|---|---|---|---|\n");
+    for var in VARIABLES {
+        let default = match var.default {
+            Value("") => "*(empty)*".to_owned(),
+            Value(value) => format!("`{value}`"),
+            Derived(text) | Unset(text) => text.to_owned(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {} | {} |\n",
+            var.name,
+            var.expected(),
+            var.help
         ));
     }
     out
@@ -641,8 +738,11 @@ impl Config {
             );
         }
 
+        let (servers, auth) = r.get_nats_url(&NATS_URL).unwrap_or_default();
+        let seconds = |n: u64| Duration::from_secs(n);
         let nats = NatsConfig {
-            url: r.get_nats_url(&NATS_URL).unwrap_or_default(),
+            servers,
+            auth,
             stream: stream.unwrap_or_default(),
             stream_subjects: stream_subjects.unwrap_or_default(),
             subject: subject.unwrap_or_default(),
@@ -663,6 +763,19 @@ impl Config {
             dead_letter_stream: dead_letter_stream.unwrap_or_default(),
             nak_backoff_base: nak_backoff_base.unwrap_or_default(),
             nak_backoff_max: nak_backoff_max.unwrap_or_default(),
+            stream_max_age: r
+                .get(&NATS_STREAM_MAX_AGE_SECS, number)
+                .map(seconds)
+                .unwrap_or_default(),
+            stream_max_bytes: r.get(&NATS_STREAM_MAX_BYTES, number).unwrap_or_default(),
+            dead_letter_max_age: r
+                .get(&NATS_DEAD_LETTER_MAX_AGE_SECS, number)
+                .map(seconds)
+                .unwrap_or_default(),
+            dead_letter_max_bytes: r
+                .get(&NATS_DEAD_LETTER_MAX_BYTES, number)
+                .unwrap_or_default(),
+            allow_sequence_reuse: r.get(&NATS_ALLOW_SEQUENCE_REUSE, flag).unwrap_or_default(),
         };
         let clickhouse = ClickHouseConfig {
             url: r.get_url(&CLICKHOUSE_URL).unwrap_or_default(),
@@ -779,20 +892,22 @@ impl Reader {
     }
 
     /// Like `get` for the NATS URL, which may hold credentials (NATS has no variables of
-    /// its own for them); a value that does is not echoed.
-    fn get_nats_url(&mut self, var: &'static Var) -> Option<String> {
+    /// its own for them): the servers without them, and the credentials apart. A value
+    /// holding credentials is not echoed.
+    fn get_nats_url(&mut self, var: &'static Var) -> Option<(Vec<String>, NatsAuth)> {
         let raw = self.given(var).or(match var.default {
             Value(default) => Some(default),
             _ => None,
         })?;
-        if !has_credentials(raw) {
-            return self.get(var, text);
+        match nats_servers(raw) {
+            Ok(parsed) => Some(parsed),
+            Err(problem) => {
+                let value = (!has_credentials(raw)).then(|| raw.to_owned());
+                let problem = problem.unwrap_or_else(|| format!("expected {}", var.expected()));
+                self.fail(var, value, problem);
+                None
+            }
         }
-        let parsed = text(var.form, raw);
-        if parsed.is_none() {
-            self.fail(var, None, format!("expected {}", var.expected()));
-        }
-        parsed
     }
 
     /// Records a problem with `var`'s current value (given or default).
@@ -957,40 +1072,112 @@ fn valid_nats_url(s: &str) -> bool {
     })
 }
 
-/// The authority of each comma-separated URL in `s` (what follows `scheme://`, up to the
-/// path), or of the whole part when there is no scheme.
-fn authorities(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(|part| {
-        let rest = part.split_once("://").map_or(part, |(_, rest)| rest);
-        rest.split(['/', '?', '#']).next().unwrap_or(rest)
-    })
-}
-
-/// Whether a URL (or comma-separated list of them) carries `user[:password]@`.
+/// Whether a URL (or comma-separated list of them) carries credentials: any `@` does,
+/// by the rule of [`split_userinfo`].
 fn has_credentials(s: &str) -> bool {
-    authorities(s).any(|authority| authority.contains('@'))
+    s.contains('@')
 }
 
-/// `s` with the user-info of each comma-separated URL replaced by `***`.
-fn redact_credentials(s: &str) -> String {
-    s.split(',')
-        .map(|part| {
-            let (scheme, rest) = match part.split_once("://") {
-                Some((scheme, rest)) => (Some(scheme), rest),
-                None => (None, part),
-            };
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let rest = match rest[..end].rfind('@') {
-                Some(at) => format!("***{}", &rest[at..]),
-                None => rest.to_owned(),
-            };
-            match scheme {
-                Some(scheme) => format!("{scheme}://{rest}"),
-                None => rest,
+/// `PONIX_NATS_URL` parsed: each comma-separated server without its user-info (it must
+/// then parse as async-nats parses it, see [`valid_nats_url`]), and the one set of
+/// credentials the servers carry. async-nats authenticates every connection with the
+/// same options, so servers that carry credentials must carry the same ones; servers
+/// without any use them too. `Err(None)` means "not of the expected form"; `Err(Some)`
+/// names another problem. Neither holds the value.
+fn nats_servers(s: &str) -> Result<(Vec<String>, NatsAuth), Option<String>> {
+    let mut servers = Vec::new();
+    let mut auth: Option<NatsAuth> = None;
+    for server in s.split(',') {
+        let split = split_userinfo(server);
+        if !valid_nats_url(&split.url) {
+            return Err(None);
+        }
+        if let Some(userinfo) = split.userinfo {
+            let parsed = parse_userinfo(userinfo).ok_or_else(|| {
+                Some(
+                    "the credentials before `@` are empty or not UTF-8 once percent-decoded \
+                     (expected nats://user:password@host or nats://token@host; write `%` as \
+                     %25 and `,` as %2C)"
+                        .to_owned(),
+                )
+            })?;
+            match &auth {
+                Some(first) if *first != parsed => {
+                    return Err(Some(
+                        "gives different credentials for different servers; the client uses \
+                         one set for every server: give the same on each, or on one only"
+                            .to_owned(),
+                    ));
+                }
+                _ => auth = Some(parsed),
             }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+        }
+        servers.push(split.url);
+    }
+    Ok((servers, auth.unwrap_or_default()))
+}
+
+/// One server of `PONIX_NATS_URL`, split by [`split_userinfo`].
+#[derive(Debug, PartialEq, Eq)]
+struct SplitServer<'a> {
+    /// The URL without user-info: what async-nats is given.
+    url: String,
+    /// The user-info as written (still percent-encoded), if there was any.
+    userinfo: Option<&'a str>,
+}
+
+/// Splits one server URL into the URL without credentials and its user-info.
+///
+/// The rule: **the user-info is everything between `scheme://` (or the start, without
+/// a scheme) and the last `@` of the server's text.** Standard URL parsers end the
+/// authority at the first `/`, `?` or `#`, so for them a literal `pa#ss` or `pa/ss`
+/// in a password starts a fragment or a path, the credentials go unnoticed, and the
+/// password is echoed (and handed to the client inside the URL). A NATS server URL
+/// has no meaningful path, query or fragment, so every `@` is taken as the end of
+/// credentials. The cost is that a path holding an `@` is read as credentials too:
+/// hidden rather than shown, the safe mistake. The user-info is percent-decoded
+/// afterwards (see [`parse_userinfo`]); a comma, which separates servers, must be
+/// written `%2C`.
+fn split_userinfo(server: &str) -> SplitServer<'_> {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
+    };
+    let Some(at) = rest.rfind('@') else {
+        return SplitServer {
+            url: server.to_owned(),
+            userinfo: None,
+        };
+    };
+    let host = &rest[at + 1..];
+    SplitServer {
+        url: match scheme {
+            Some(scheme) => format!("{scheme}://{host}"),
+            None => host.to_owned(),
+        },
+        userinfo: Some(&rest[..at]),
+    }
+}
+
+/// Credentials from a user-info: `user:password` (split at the first `:`, so a
+/// password may hold `:`), or a token without `:`. Each part is percent-decoded
+/// (`%40` is `@`; write a literal `%` as `%25`). `None` when the user or token is
+/// empty, or a decoded part is not UTF-8.
+fn parse_userinfo(userinfo: &str) -> Option<NatsAuth> {
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .ok()
+            .map(|decoded| Secret(decoded.into_owned()))
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Some(NatsAuth::UserPassword {
+            user: decode(user)?,
+            password: decode(password)?,
+        }),
+        None if !userinfo.is_empty() => Some(NatsAuth::Token(decode(userinfo)?)),
+        _ => None,
+    }
 }
 
 /// `http(s)://host[:port][/]`: the client appends its own path and query, and credentials
@@ -1135,7 +1322,13 @@ mod tests {
     fn defaults() {
         let c = load(&[]).unwrap();
         let n = &c.nats;
-        assert_eq!(n.url, "nats://127.0.0.1:4222");
+        assert_eq!(n.servers, ["nats://127.0.0.1:4222"]);
+        assert_eq!(n.auth, NatsAuth::None);
+        assert_eq!(n.stream_max_age, Duration::ZERO);
+        assert_eq!(n.stream_max_bytes, 0);
+        assert_eq!(n.dead_letter_max_age, Duration::ZERO);
+        assert_eq!(n.dead_letter_max_bytes, 0);
+        assert!(!n.allow_sequence_reuse);
         assert_eq!(n.stream, "processed_envelopes");
         assert_eq!(n.subject, "processed_envelopes.>");
         assert_eq!(n.stream_subjects, ["processed_envelopes.>"]);
@@ -1195,6 +1388,11 @@ mod tests {
             ("PONIX_NATS_DEAD_LETTER_STREAM", "dead"),
             ("PONIX_NATS_NAK_BACKOFF_BASE_MS", "7"),
             ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "7"),
+            ("PONIX_NATS_STREAM_MAX_AGE_SECS", "86400"),
+            ("PONIX_NATS_STREAM_MAX_BYTES", "1073741824"),
+            ("PONIX_NATS_DEAD_LETTER_MAX_AGE_SECS", "604800"),
+            ("PONIX_NATS_DEAD_LETTER_MAX_BYTES", "1048576"),
+            ("PONIX_NATS_ALLOW_SEQUENCE_REUSE", "true"),
             ("PONIX_CLICKHOUSE_URL", "https://[::1]:8443/"),
             ("PONIX_CLICKHOUSE_DATABASE", "_db1"),
             ("PONIX_CLICKHOUSE_USERNAME", "u"),
@@ -1215,7 +1413,12 @@ mod tests {
             ("PONIX_DEMO_INTERVAL_MS", "250"),
         ])
         .unwrap();
-        assert_eq!(c.nats.url, "nats://a:1,tls://b:2");
+        assert_eq!(c.nats.servers, ["nats://a:1", "tls://b:2"]);
+        assert_eq!(c.nats.stream_max_age, Duration::from_secs(86400));
+        assert_eq!(c.nats.stream_max_bytes, 1 << 30);
+        assert_eq!(c.nats.dead_letter_max_age, Duration::from_secs(604_800));
+        assert_eq!(c.nats.dead_letter_max_bytes, 1 << 20);
+        assert!(c.nats.allow_sequence_reuse);
         assert_eq!(c.nats.stream_subjects, ["x.>", "y.*"]);
         assert_eq!(c.nats.subject, "y.z");
         assert_eq!(c.nats.batch_size, 10);
@@ -1721,32 +1924,172 @@ mod tests {
     }
 
     #[test]
-    fn nats_credentials_are_accepted_but_never_shown() {
+    fn nats_credentials_are_taken_out_of_the_urls_and_never_shown() {
         let c = load(&[(
             "PONIX_NATS_URL",
-            "nats://u:hunter2@a:4222,b,tls://tok3n@c/x",
+            "nats://u:hunter2@a:4222,b,tls://u:hunter2@c/x",
         )])
         .unwrap();
-        assert_eq!(c.nats.url, "nats://u:hunter2@a:4222,b,tls://tok3n@c/x");
-        let debug = format!("{c:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("tok3n"),
-            "{debug}"
-        );
-        assert!(
-            debug.contains(r#"url: "nats://***@a:4222,b,tls://***@c/x""#),
-            "{debug}"
-        );
-        let message = error("PONIX_NATS_URL", "nats://u:hunter2@a:x");
+        assert_eq!(c.nats.servers, ["nats://a:4222", "b", "tls://c/x"]);
         assert_eq!(
-            message,
-            format!(
-                "PONIX_NATS_URL (value hidden): expected {}",
-                NATS_URL.expected()
-            )
+            c.nats.auth,
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: "hunter2".into()
+            }
         );
-        assert_eq!(redact_credentials("u:p@h:1"), "***@h:1");
-        assert_eq!(redact_credentials("nats://h/a@b"), "nats://h/a@b");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains(r#"servers: ["nats://a:4222", "b", "tls://c/x"], auth: UserPassword { user: ***, password: *** }"#),
+            "{debug}"
+        );
+        let c = load(&[("PONIX_NATS_URL", "tok3n@h")]).unwrap();
+        assert_eq!(c.nats.servers, ["h"]);
+        assert_eq!(c.nats.auth, NatsAuth::Token("tok3n".into()));
+        assert!(!format!("{c:?}").contains("tok3n"));
+        // The URL async-nats gets has no user-info, so it has nothing to log.
+        for url in c.nats.server_urls() {
+            assert!(
+                !url.parse::<async_nats::ServerAddr>()
+                    .unwrap()
+                    .has_user_pass()
+            );
+        }
+    }
+
+    /// The rule of `split_userinfo`: the user-info ends at the last `@`, whatever `/`,
+    /// `?`, `#` or `:` it holds, and is then percent-decoded.
+    #[test]
+    fn nats_credentials_end_at_the_last_at_sign() {
+        let cases: &[(&str, &str, NatsAuth)] = &[
+            (
+                "nats://us/er:pa#ss/word@host:4222",
+                "nats://host:4222",
+                NatsAuth::UserPassword {
+                    user: "us/er".into(),
+                    password: "pa#ss/word".into(),
+                },
+            ),
+            (
+                "nats://u:p?x@h",
+                "nats://h",
+                NatsAuth::UserPassword {
+                    user: "u".into(),
+                    password: "p?x".into(),
+                },
+            ),
+            (
+                "nats://u:p@ss@w:rd@h:1",
+                "nats://h:1",
+                NatsAuth::UserPassword {
+                    user: "u".into(),
+                    password: "p@ss@w:rd".into(),
+                },
+            ),
+            (
+                "nats://us%2Fer:pa%23ss%25%2C@h",
+                "nats://h",
+                NatsAuth::UserPassword {
+                    user: "us/er".into(),
+                    password: "pa#ss%,".into(),
+                },
+            ),
+            (
+                "ws://u:@[::1]:80",
+                "ws://[::1]:80",
+                NatsAuth::UserPassword {
+                    user: "u".into(),
+                    password: "".into(),
+                },
+            ),
+            ("t#k/n?@h", "h", NatsAuth::Token("t#k/n?".into())),
+            // A path holding `@` reads as credentials: hidden, never shown.
+            ("nats://h/a@b", "nats://b", NatsAuth::Token("h/a".into())),
+            // Invalid percent escapes stay as written.
+            (
+                "nats://u:100%@h",
+                "nats://h",
+                NatsAuth::UserPassword {
+                    user: "u".into(),
+                    password: "100%".into(),
+                },
+            ),
+        ];
+        for (raw, url, auth) in cases {
+            let c = load(&[("PONIX_NATS_URL", raw)]).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(c.nats.servers, [*url], "{raw}");
+            assert_eq!(&c.nats.auth, auth, "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any user and password, written raw (only `%` and `,` encoded, as documented)
+        /// or fully percent-encoded, come back exactly, the URL left holds neither,
+        /// and no error or Debug output shows them.
+        #[test]
+        fn any_nats_credentials_round_trip_and_stay_hidden(
+            user in "[^:@%,\\s]{1,12}",
+            password in "[^%,\\s]{1,16}",
+            encode_all in proptest::bool::ANY,
+        ) {
+            let (u, p) = if encode_all {
+                (percent_encode_userinfo(&user), percent_encode_userinfo(&password))
+            } else {
+                (user.clone(), password.clone())
+            };
+            let raw = format!("nats://{u}:{p}@127.0.0.1:4222");
+            let c = load(&[("PONIX_NATS_URL", &raw)]).unwrap();
+            proptest::prop_assert_eq!(&c.nats.servers, &["nats://127.0.0.1:4222"]);
+            proptest::prop_assert_eq!(
+                &c.nats.auth,
+                &NatsAuth::UserPassword { user: user.as_str().into(), password: password.as_str().into() }
+            );
+            let debug = format!("{c:?}");
+            let pair = format!("{u}:{p}");
+            proptest::prop_assert!(!debug.contains(&pair));
+            proptest::prop_assert!(password.chars().count() < 8 || !debug.contains(&password));
+            // The same value made invalid (a bad port) is refused without being echoed.
+            let bad = format!("nats://{u}:{p}@127.0.0.1:x");
+            let message = errors(&[("PONIX_NATS_URL", &bad)]).join("\n");
+            proptest::prop_assert!(message.starts_with("PONIX_NATS_URL (value hidden): "), "{}", message);
+            proptest::prop_assert!(!message.contains(&pair), "{}", message);
+        }
+    }
+
+    #[test]
+    fn a_malformed_nats_url_with_a_tricky_password_is_not_echoed() {
+        for bad in [
+            "nats://us/er:pa#ss/word@host:x",
+            "nats://u:p?x@h:99999",
+            "nats://u:p?x@",
+            "nats://us/er:pa#ss/word@host:4222,http://h",
+            "nats://:pa#ss@h",
+            "nats://u:pa%FFss@h",
+        ] {
+            let message = error("PONIX_NATS_URL", bad);
+            assert!(
+                message.starts_with("PONIX_NATS_URL (value hidden): "),
+                "{bad}: {message}"
+            );
+            for secret in ["pa#ss", "p?x", "pa%FFss"] {
+                assert!(!message.contains(secret), "{bad}: {message}");
+            }
+        }
+        let message = error("PONIX_NATS_URL", "nats://a:b@h1,nats://c:d@h2");
+        assert!(message.contains("different credentials"), "{message}");
+        // Without credentials the value is quoted as before.
+        assert!(
+            error("PONIX_NATS_URL", "nats://h:x")
+                .starts_with("PONIX_NATS_URL=\"nats://h:x\": expected ")
+        );
+        // The ClickHouse URL refuses credentials that standard parsing would miss.
+        let message = error("PONIX_CLICKHOUSE_URL", "http://u:pa#ss@h:8123");
+        assert!(
+            message.starts_with("PONIX_CLICKHOUSE_URL (value hidden): contains credentials"),
+            "{message}"
+        );
+        assert!(!message.contains("pa#ss"));
     }
 
     #[test]
@@ -1775,19 +2118,31 @@ mod tests {
         );
     }
 
-    /// The README's configuration table is generated from [`VARIABLES`]; this catches a
-    /// variable added here but not there.
+    /// The README's configuration table is [`readme_table`], exactly.
     #[test]
     fn readme_lists_every_variable() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
         let readme =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-        let missing: Vec<&str> = VARIABLES
-            .iter()
-            .map(|var| var.name)
-            .filter(|name| !readme.contains(&format!("`{name}`")))
-            .collect();
-        assert!(missing.is_empty(), "README.md does not list {missing:?}");
+        let header = "| Variable | Default | Expected form | Description |\n";
+        let start = readme
+            .find(header)
+            .expect("README.md has no configuration table");
+        let end = readme[start..]
+            .find("\n\n")
+            .map_or(readme.len(), |n| start + n + 1);
+        let table = readme_table();
+        if readme[start..end] != table {
+            if std::env::var_os("UPDATE_README").is_some() {
+                let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+                std::fs::write(path, updated).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+                return;
+            }
+            panic!(
+                "README.md's configuration table is not the generated one; rerun with \
+                 UPDATE_README=1 to rewrite it. Expected:\n{table}"
+            );
+        }
     }
 
     #[test]

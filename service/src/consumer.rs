@@ -500,8 +500,12 @@ impl Consumer {
                         retry_at = Some(Instant::now() + pause);
                         // The stream or consumer may have been deleted under us: recreate
                         // them (idempotent) before the next pull.
-                        match crate::streams::ensure(&self.js, &self.config).await {
+                        match crate::streams::ensure(&self.js, &self.config, &self.store).await {
                             Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
+                            // An operator must act (see crate::streams): stop, and exit non-zero.
+                            Err(error) if crate::streams::refusal(&error).is_some() => {
+                                return Err(error.context("stopped consuming"));
+                            }
                             Err(error) => tracing::warn!(
                                 error = format!("{error:#}"),
                                 "re-ensuring stream and consumer failed"

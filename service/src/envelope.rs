@@ -562,4 +562,72 @@ mod tests {
             let _ = decode(&bytes);
         }
     }
+
+    /// `data` nested `objects` objects deep (`data` itself is the first), the innermost
+    /// holding a number.
+    fn nested_objects(objects: usize) -> ProcessedEnvelope {
+        let mut inner = Kind::NumberValue(1.0);
+        for _ in 1..objects {
+            let fields = [("a".to_owned(), Value { kind: Some(inner) })].into();
+            inner = Kind::StructValue(Struct { fields });
+        }
+        ProcessedEnvelope {
+            data: Some(Struct {
+                fields: [("a".to_owned(), Value { kind: Some(inner) })].into(),
+            }),
+            ..good()
+        }
+    }
+
+    /// `data` holding a list nested `lists` lists deep around a number.
+    fn nested_lists(lists: usize) -> ProcessedEnvelope {
+        let mut inner = Kind::NumberValue(1.0);
+        for _ in 0..lists {
+            inner = Kind::ListValue(prost_types::ListValue {
+                values: vec![Value { kind: Some(inner) }],
+            });
+        }
+        ProcessedEnvelope {
+            data: Some(Struct {
+                fields: [("l".to_owned(), Value { kind: Some(inner) })].into(),
+            }),
+            ..good()
+        }
+    }
+
+    /// The README's nesting limit ("Validation rules"): 33 levels of objects (`data`
+    /// included) or `data` holding 48 levels of lists decode; one more is refused as
+    /// `decode_error`, by both decode paths (the fast one declines, prost refuses).
+    #[test]
+    fn payload_nesting_is_limited_as_documented() {
+        for (envelope, deepest) in [(nested_objects(33), "objects"), (nested_lists(48), "lists")] {
+            let valid = decode(&envelope.encode_to_vec())
+                .unwrap_or_else(|e| panic!("deepest {deepest} refused: {e:?}"));
+            let json = payload::struct_to_json(envelope.data.as_ref().unwrap()).unwrap();
+            assert_eq!(valid.data, json, "{deepest}");
+        }
+        for envelope in [nested_objects(34), nested_lists(49)] {
+            let invalid = decode(&envelope.encode_to_vec()).unwrap_err();
+            assert_eq!(invalid.reason, InvalidReason::DecodeError, "{invalid:?}");
+            assert!(invalid.detail.contains("recursion limit"), "{invalid:?}");
+        }
+        // Mixed: 3 per object level, 2 per list level, 99 in all.
+        let mut mixed = nested_lists(24);
+        for _ in 0..8 {
+            mixed = ProcessedEnvelope {
+                data: Some(Struct {
+                    fields: [(
+                        "o".to_owned(),
+                        Value {
+                            kind: Some(Kind::StructValue(mixed.data.unwrap())),
+                        },
+                    )]
+                    .into(),
+                }),
+                ..good()
+            };
+        }
+        // data + 8 objects + the list's holder: 3 × 9 + 2 × 24 + the envelope = 76.
+        assert!(decode(&mixed.encode_to_vec()).is_ok());
+    }
 }

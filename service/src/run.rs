@@ -8,7 +8,9 @@
 //!    timeout;
 //! 3. run the migrations (nothing has been consumed yet; a failure ends the process);
 //! 4. clear clickhouse-rs' cached table schemas, which the migrations may have changed;
-//! 5. ensure the streams and the durable consumer;
+//! 5. ensure the streams and the durable consumer (see [`crate::streams`]: a stream
+//!    that would reuse stored sequences, or a consumer whose AckWait or MaxDeliver
+//!    differs, ends the start-up);
 //! 6. log the effective configuration (the password shows as `***`);
 //! 7. consume, and run the demo producer if configured.
 //!
@@ -184,7 +186,9 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     health.set_migrations_done();
 
     let js = jetstream::new(nats.clone());
-    let pull = streams::ensure(&js, &config.nats).await?;
+    let pull = streams::ensure(&js, &config.nats, &store)
+        .await
+        .context("setting up the stream, the dead-letter stream and the durable consumer")?;
     // Ready only now: a message published after /readyz answers 200 is consumed.
     health.set_consumer_ready();
 
@@ -199,7 +203,10 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
 
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
-        async_nats::ConnectOptions::new()
+        // Credentials go as options, never inside a URL: async-nats logs server URLs.
+        config
+            .nats
+            .connect_options()
             .name("ponix-writer")
             .connection_timeout(
                 deadline

@@ -109,6 +109,20 @@ impl Store {
         }
     }
 
+    /// The highest `stream_sequence` stored in the table, 0 when it is empty: a stream
+    /// the writer creates starts after it (see [`crate::streams`]). Bounded by the
+    /// insert timeout.
+    pub async fn max_stream_sequence(&self) -> Result<u64, StoreError> {
+        // The table name is a validated identifier (see config), so it is safe unquoted.
+        let sql = format!("SELECT max(stream_sequence) FROM {}", self.table);
+        let query = self.client.query(&sql).fetch_one::<u64>();
+        match tokio::time::timeout(self.insert_timeout, query).await {
+            Ok(Ok(max)) => Ok(max),
+            Ok(Err(error)) => Err(StoreError::from_client(&error)),
+            Err(_) => Err(StoreError::timed_out(self.insert_timeout)),
+        }
+    }
+
     /// Forgets the table schema clickhouse-rs cached for row validation. Call it after
     /// migrations, and after an insert failed because of the schema, so that a fixed
     /// table is picked up without a restart.

@@ -220,8 +220,13 @@ fn bad_samples(form: Form) -> Vec<String> {
             "nats://a, nats://b",
             "nats://a,",
             "nats://a b",
-            // With credentials: the value is not echoed.
+            // With credentials: the value is not echoed, even when `/`, `?` or `#` in
+            // them would end a standard URL parser's authority early.
             &format!("nats://u:{MARKER}@h:x"),
+            &format!("nats://us/er:pa#{MARKER}/word@host:x"),
+            &format!("nats://u:p?{MARKER}@h:99999"),
+            &format!("nats://:{MARKER}#x@h"),
+            &format!("nats://a:{MARKER}/1@h1,nats://a:{MARKER}/2@h2"),
         ]),
         Form::HttpUrl => strings(&[
             "127.0.0.1:8123",
@@ -236,6 +241,7 @@ fn bad_samples(form: Form) -> Vec<String> {
             "http://::1:8123",
             "http://h 1",
             &format!("http://u:{MARKER}@h:8123"),
+            &format!("http://u:#{MARKER}/x@h:8123"),
         ]),
         Form::NatsName => strings(&["a.b", "a b", "c*", "x>", "é", &long]),
         Form::SubjectFilter => strings(&["a..b", ".a", "a.", "a.>.b", "a b", "a*", "*x", "a.>x"]),

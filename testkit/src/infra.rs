@@ -70,6 +70,22 @@ impl Managed {
         Managed::spawn_private(Kind::Nats, port, argv, scratch)
     }
 
+    /// Like [`Managed::private_nats`], with `config` (nats-server configuration text,
+    /// for example users) as its configuration file; the port, JetStream and store
+    /// flags win over it. The readiness probe connects without credentials, so a
+    /// configuration with users needs a `no_auth_user` the probe can use.
+    pub fn private_nats_with_config(config: &str) -> anyhow::Result<Managed> {
+        let layout = Layout::workspace();
+        let scratch = scratch_dir("nats")?;
+        let port = free_port()?;
+        let file = scratch.join("nats.conf");
+        std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
+        let mut argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
+        argv.push("--config".into());
+        argv.push(file.into());
+        Managed::spawn_private(Kind::Nats, port, argv, scratch)
+    }
+
     fn spawn_private(
         kind: Kind,
         port: u16,

@@ -192,7 +192,8 @@ impl Rig {
         };
         rig.stop_merges().await?;
         let config = rig.writer_config()?;
-        ponix_writer::streams::ensure(&rig.js, &config.nats)
+        let store = ponix_writer::store::Store::new(&config.clickhouse);
+        ponix_writer::streams::ensure(&rig.js, &config.nats, &store)
             .await
             .context("creating the streams and the consumer")?;
         Ok(rig)
