@@ -95,19 +95,11 @@ impl Names {
     /// that rows differ only by device and stream sequence.
     async fn publish(&self, js: &jetstream::Context, devices: &[&str]) -> anyhow::Result<()> {
         for device in devices {
-            let envelope = ProcessedEnvelope {
-                organization_id: "org-streams".into(),
-                end_device_id: (*device).to_owned(),
-                occurred_at: Some(Timestamp {
-                    seconds: 1_700_000_000,
-                    nanos: 0,
-                }),
-                processed_at: Some(Timestamp {
-                    seconds: 1_700_000_001,
-                    nanos: 0,
-                }),
-                data: Some(payload::json_str_to_struct(r#"{"n": 1}"#)?),
-            };
+            let envelope = envelope(
+                "org-streams",
+                device,
+                payload::json_str_to_struct(r#"{"n": 1}"#)?,
+            );
             js.publish(self.subject(device), envelope.encode_to_vec().into())
                 .await
                 .context("publishing")?
@@ -154,27 +146,57 @@ async fn connect(endpoints: &Endpoints) -> anyhow::Result<jetstream::Context> {
     Ok(jetstream::new(client))
 }
 
+/// An envelope of `organization` and `device` at a fixed second, so that rows differ
+/// only by device, payload and stream sequence.
+fn envelope(organization: &str, device: &str, data: prost_types::Struct) -> ProcessedEnvelope {
+    ProcessedEnvelope {
+        organization_id: organization.to_owned(),
+        end_device_id: device.to_owned(),
+        occurred_at: Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        processed_at: Some(Timestamp {
+            seconds: 1_700_000_001,
+            nanos: 0,
+        }),
+        data: Some(data),
+    }
+}
+
+/// A fresh stream and database for `tag`, and a writer with the default settings on
+/// them, ready.
+async fn start_fresh(
+    tag: &str,
+    endpoints: &Endpoints,
+) -> anyhow::Result<(Names, jetstream::Context, WriterProcess)> {
+    let names = Names::new(tag);
+    let js = connect(endpoints).await?;
+    names.setup(endpoints, &js).await?;
+    let writer =
+        WriterProcess::start(&format!("streams-{tag}"), endpoints, &names.vars(&[])).await?;
+    Ok((names, js, writer))
+}
+
+/// Every one of `needles` is in `output`, or the error names the first missing one.
+fn expect_all(output: &str, needles: &[&str]) -> anyhow::Result<()> {
+    for needle in needles {
+        ensure!(
+            output.contains(needle),
+            "{needle:?} missing from:\n{output}"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the writer until it exits by itself (it must, within `TIMEOUT`): its exit code
 /// and everything it printed.
 async fn run_to_exit(
     endpoints: &Endpoints,
     vars: &[(&'static str, String)],
 ) -> anyhow::Result<(Option<i32>, String)> {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ponix-writer"));
-    for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("PONIX_")) {
-        command.env_remove(key);
-    }
+    let mut command = support::writer::writer_command(endpoints, 0);
     command
-        .env("PONIX_NATS_URL", &endpoints.nats_url)
-        .env("PONIX_CLICKHOUSE_URL", &endpoints.clickhouse_url)
-        .env("PONIX_CLICKHOUSE_USERNAME", &endpoints.username)
-        .env("PONIX_CLICKHOUSE_PASSWORD", &endpoints.password)
-        .env(
-            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
-            &endpoints.goose_binary,
-        )
-        .env("PONIX_CLICKHOUSE_MIGRATIONS_DIR", &endpoints.migrations_dir)
-        .env("PONIX_HTTP_ADDR", "127.0.0.1:0")
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -292,10 +314,7 @@ async fn writer_terminate(
 async fn a_stream_deleted_under_the_writer_continues_after_the_stored_sequences(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let names = Names::new("recreated");
-    let js = connect(&endpoints).await?;
-    names.setup(&endpoints, &js).await?;
-    let writer = WriterProcess::start("streams-recreated", &endpoints, &names.vars(&[])).await?;
+    let (names, js, writer) = start_fresh("recreated", &endpoints).await?;
     names.publish(&js, &["a1", "a2", "a3"]).await?;
     let before = names.wait_rows(&endpoints, 3).await?;
     ensure!(
@@ -338,10 +357,7 @@ async fn a_stream_deleted_under_the_writer_continues_after_the_stored_sequences(
 async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let names = Names::new("elsewhere");
-    let js = connect(&endpoints).await?;
-    names.setup(&endpoints, &js).await?;
-    let writer = WriterProcess::start("streams-elsewhere", &endpoints, &names.vars(&[])).await?;
+    let (names, js, writer) = start_fresh("elsewhere", &endpoints).await?;
     names.publish(&js, &["a1", "a2", "a3"]).await?;
     names.wait_rows(&endpoints, 3).await?;
     let (status, _) = writer_terminate(writer).await?;
@@ -360,18 +376,16 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
 
     let (code, output) = run_to_exit(&endpoints, &names.vars(&[])).await?;
     ensure!(code == Some(1), "exit code {code:?}, expected 1:\n{output}");
-    for needle in [
-        &format!("stream {} would reuse stream sequences", names.stream),
-        "next sequence is 1",
-        "up to 3",
-        "--first-sequence 4",
-        "PONIX_NATS_ALLOW_SEQUENCE_REUSE=true",
-    ] {
-        ensure!(
-            output.contains(needle),
-            "{needle:?} missing from:\n{output}"
-        );
-    }
+    expect_all(
+        &output,
+        &[
+            &format!("stream {} would reuse stream sequences", names.stream),
+            "next sequence is 1",
+            "up to 3",
+            "--first-sequence 4",
+            "PONIX_NATS_ALLOW_SEQUENCE_REUSE=true",
+        ],
+    )?;
     let consumers = js
         .get_stream(&names.stream)
         .await?
@@ -410,10 +424,7 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
 async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let names = Names::new("running");
-    let js = connect(&endpoints).await?;
-    names.setup(&endpoints, &js).await?;
-    let writer = WriterProcess::start("streams-running", &endpoints, &names.vars(&[])).await?;
+    let (names, js, writer) = start_fresh("running", &endpoints).await?;
     names.publish(&js, &["a1", "a2"]).await?;
     names.wait_rows(&endpoints, 2).await?;
 
@@ -436,18 +447,16 @@ async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
     let status = writer.wait_exit(TIMEOUT).await?;
     let output = std::fs::read_to_string(&log)?;
     ensure!(status.code() == Some(1), "exit {status}:\n{output}");
-    for needle in [
-        "stopped consuming",
-        "would reuse stream sequences",
-        "next sequence is 3",
-        "up to 1000",
-        "--first-sequence 1001",
-    ] {
-        ensure!(
-            output.contains(needle),
-            "{needle:?} missing from:\n{output}"
-        );
-    }
+    expect_all(
+        &output,
+        &[
+            "stopped consuming",
+            "would reuse stream sequences",
+            "next sequence is 3",
+            "up to 1000",
+            "--first-sequence 1001",
+        ],
+    )?;
     Ok(())
 }
 
@@ -458,10 +467,7 @@ async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
 async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let names = Names::new("mismatch");
-    let js = connect(&endpoints).await?;
-    names.setup(&endpoints, &js).await?;
-    let writer = WriterProcess::start("streams-mismatch", &endpoints, &names.vars(&[])).await?;
+    let (names, js, writer) = start_fresh("mismatch", &endpoints).await?;
     let (status, _) = writer_terminate(writer).await?;
     ensure!(status.success());
 
@@ -478,31 +484,24 @@ async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
     let (code, output) =
         run_to_exit(&endpoints, &names.vars(&[("PONIX_NATS_MAX_DELIVER", "5")])).await?;
     ensure!(code == Some(1), "exit code {code:?}:\n{output}");
-    for needle in [
-        &format!(
-            "durable consumer {} on stream {} has MaxDeliver 20",
-            names.consumer, names.stream
-        ),
-        "PONIX_NATS_MAX_DELIVER=5",
-        "nats consumer edit",
-    ] {
-        ensure!(
-            output.contains(needle),
-            "{needle:?} missing from:\n{output}"
-        );
-    }
+    expect_all(
+        &output,
+        &[
+            &format!(
+                "durable consumer {} on stream {} has MaxDeliver 20",
+                names.consumer, names.stream
+            ),
+            "PONIX_NATS_MAX_DELIVER=5",
+            "nats consumer edit",
+        ],
+    )?;
     let (code, output) = run_to_exit(
         &endpoints,
         &names.vars(&[("PONIX_NATS_ACK_WAIT_SECS", "10")]),
     )
     .await?;
     ensure!(code == Some(1), "exit code {code:?}:\n{output}");
-    for needle in ["has AckWait 30s", "PONIX_NATS_ACK_WAIT_SECS=10"] {
-        ensure!(
-            output.contains(needle),
-            "{needle:?} missing from:\n{output}"
-        );
-    }
+    expect_all(&output, &["has AckWait 30s", "PONIX_NATS_ACK_WAIT_SECS=10"])?;
     ensure!(
         consumer_config().await? == (20, Duration::from_secs(30)),
         "a refused writer changed the consumer"
@@ -548,10 +547,7 @@ fn nested(objects: usize, lists: usize) -> anyhow::Result<prost_types::Struct> {
 async fn the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let names = Names::new("depth");
-    let js = connect(&endpoints).await?;
-    names.setup(&endpoints, &js).await?;
-    let writer = WriterProcess::start("streams-depth", &endpoints, &names.vars(&[])).await?;
+    let (names, js, writer) = start_fresh("depth", &endpoints).await?;
     let cases = [
         ("objects-33", nested(33, 0)?),
         ("lists-48", nested(1, 48)?),
@@ -559,19 +555,7 @@ async fn the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_
         ("lists-49", nested(1, 49)?),
     ];
     for (device, data) in &cases {
-        let envelope = ProcessedEnvelope {
-            organization_id: "org-depth".into(),
-            end_device_id: (*device).to_owned(),
-            occurred_at: Some(Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 0,
-            }),
-            processed_at: Some(Timestamp {
-                seconds: 1_700_000_001,
-                nanos: 0,
-            }),
-            data: Some(data.clone()),
-        };
+        let envelope = envelope("org-depth", device, data.clone());
         js.publish(names.subject(device), envelope.encode_to_vec().into())
             .await?
             .await?;

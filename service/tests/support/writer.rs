@@ -12,6 +12,27 @@ use tokio::process::{Child, Command};
 
 use super::wait_for;
 
+/// `ponix-writer` set up for `endpoints`, its HTTP endpoint on `http_port` (0: any),
+/// and no other `PONIX_*` variable: nothing leaks in from the developer's shell.
+pub fn writer_command(endpoints: &Endpoints, http_port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ponix-writer"));
+    for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("PONIX_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("PONIX_NATS_URL", &endpoints.nats_url)
+        .env("PONIX_CLICKHOUSE_URL", &endpoints.clickhouse_url)
+        .env("PONIX_CLICKHOUSE_USERNAME", &endpoints.username)
+        .env("PONIX_CLICKHOUSE_PASSWORD", &endpoints.password)
+        .env(
+            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+            &endpoints.goose_binary,
+        )
+        .env("PONIX_CLICKHOUSE_MIGRATIONS_DIR", &endpoints.migrations_dir)
+        .env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
+    command
+}
+
 pub struct WriterProcess {
     child: Child,
     pub http_port: u16,
@@ -33,23 +54,8 @@ impl WriterProcess {
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
 
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ponix-writer"));
-        // Only what the test sets: nothing leaks in from the developer's shell.
-        for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("PONIX_")) {
-            command.env_remove(key);
-        }
-        command
-            .env("PONIX_NATS_URL", &endpoints.nats_url)
-            .env("PONIX_CLICKHOUSE_URL", &endpoints.clickhouse_url)
-            .env("PONIX_CLICKHOUSE_USERNAME", &endpoints.username)
-            .env("PONIX_CLICKHOUSE_PASSWORD", &endpoints.password)
-            .env(
-                "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
-                &endpoints.goose_binary,
-            )
-            .env("PONIX_CLICKHOUSE_MIGRATIONS_DIR", &endpoints.migrations_dir)
-            .env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("PONIX_LOG_LEVEL", "info,ponix_writer=debug");
+        let mut command = writer_command(endpoints, http_port);
+        command.env("PONIX_LOG_LEVEL", "info,ponix_writer=debug");
         for (key, value) in vars {
             command.env(key, value);
         }
