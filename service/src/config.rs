@@ -173,6 +173,8 @@ pub struct MigrationsConfig {
     /// Overrides the DSN derived from the ClickHouse URL and credentials.
     pub dsn_override: Option<Secret>,
     pub timeout: Duration,
+    /// How long the migration lease outlives a holder that stopped renewing it.
+    pub lease_ttl: Duration,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -402,6 +404,11 @@ vars! {
     CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS: "PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS", Value("120"),
         Seconds { min: 1.0, max: 3600.0 }, false,
         "Longest time goose may run before it is stopped.";
+    CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS: "PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS", Value("30"),
+        Seconds { min: 3.0, max: 3600.0 }, false,
+        "How long the migration lease (JetStream key-value bucket ponix_writer_migrations) \
+         outlives a holder that stopped renewing it. Replicas migrate one at a time; the others \
+         wait up to the migrations timeout plus this for the lease.";
     LOG_LEVEL: "PONIX_LOG_LEVEL", Value("info"), LogFilter, false,
         "Which log events to keep.";
     LOG_FORMAT: "PONIX_LOG_FORMAT", Value("text"), LogFormatName, false,
@@ -687,6 +694,9 @@ impl Config {
             dsn_override: r.get(&CLICKHOUSE_GOOSE_DSN, secret),
             timeout: r
                 .get(&CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS, duration)
+                .unwrap_or_default(),
+            lease_ttl: r
+                .get(&CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS, duration)
                 .unwrap_or_default(),
         };
         Config {

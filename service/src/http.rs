@@ -27,6 +27,8 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     clickhouse_answered: AtomicBool,
     migrations_done: AtomicBool,
+    /// Who holds the migration lease this writer is waiting for, while it waits.
+    migration_lease_holder: Mutex<Option<String>>,
     /// The stream, the dead-letter stream and the durable consumer exist: only then
     /// does a message published now get consumed.
     consumer_ready: AtomicBool,
@@ -52,7 +54,13 @@ impl Health {
     }
 
     pub fn set_migrations_done(&self) {
+        *lock(&self.migration_lease_holder) = None;
         self.migrations_done.store(true, Ordering::Relaxed);
+    }
+
+    /// This writer waits for the migration lease, which `holder` has.
+    pub fn set_waiting_for_migration_lease(&self, holder: &str) {
+        *lock(&self.migration_lease_holder) = Some(holder.to_owned());
     }
 
     pub fn set_consumer_ready(&self) {
@@ -80,7 +88,12 @@ impl Health {
             reasons.push("clickhouse: has not answered yet".to_owned());
         }
         if !self.migrations_done.load(Ordering::Relaxed) {
-            reasons.push("migrations: not done yet".to_owned());
+            match lock(&self.migration_lease_holder).as_ref() {
+                Some(holder) => reasons.push(format!(
+                    "migrations: not done yet; waiting for the migration lease, held by {holder}"
+                )),
+                None => reasons.push("migrations: not done yet".to_owned()),
+            }
         }
         if !self.consumer_ready.load(Ordering::Relaxed) {
             reasons.push("jetstream: stream and consumer not set up yet".to_owned());
@@ -96,11 +109,15 @@ impl Health {
     }
 
     fn lock_problem(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // A panic while holding this lock cannot leave the Option half-written.
-        self.store_problem
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.store_problem)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave an Option half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Clone)]
@@ -160,6 +177,28 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_names_the_migration_lease_holder_while_waiting() {
+        let health = Health::new();
+        health.set_waiting_for_migration_lease("host-a pid 7 since 2026-12-06T05:00:00Z");
+        let reasons = health.readiness().expect_err("not ready while waiting");
+        assert!(
+            reasons.contains(
+                &"migrations: not done yet; waiting for the migration lease, held by host-a pid 7 since 2026-12-06T05:00:00Z"
+                    .to_owned()
+            ),
+            "{reasons:?}"
+        );
+        health.set_migrations_done();
+        let reasons = health.readiness().expect_err("other conditions unmet");
+        assert!(
+            reasons
+                .iter()
+                .all(|reason| !reason.starts_with("migrations")),
+            "{reasons:?}"
+        );
+    }
 
     #[test]
     fn readiness_lists_every_missing_condition() {

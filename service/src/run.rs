@@ -6,7 +6,8 @@
 //!    writer is waiting for, even during a long migration);
 //! 2. connect to NATS and ping ClickHouse, concurrently, retrying until the start-up
 //!    timeout;
-//! 3. run the migrations (nothing has been consumed yet; a failure ends the process);
+//! 3. run the migrations under the migration lease, waiting for it while another
+//!    replica holds it (nothing has been consumed yet; a failure ends the process);
 //! 4. clear clickhouse-rs' cached table schemas, which the migrations may have changed;
 //! 5. ensure the streams and the durable consumer;
 //! 6. log the effective configuration (the password shows as `***`);
@@ -160,18 +161,21 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
              make sure the configured table exists with the same schema"
         );
     }
+    let js = jetstream::new(nats.clone());
     let dsn = config.goose_dsn();
-    migrate::run(
+    migrate::run_exclusively(
         &config.migrations,
+        &js,
+        &config.clickhouse.database,
         &dsn,
         &[config.clickhouse.password.expose()],
+        |holder| health.set_waiting_for_migration_lease(&holder.0),
     )
     .await
     .context("migrations failed; nothing was consumed")?;
     store.clear_cached_metadata().await;
     health.set_migrations_done();
 
-    let js = jetstream::new(nats.clone());
     let pull = consumer::ensure(&js, &config.nats).await?;
     // Ready only now: a message published after /readyz answers 200 is consumed.
     health.set_consumer_ready();

@@ -18,6 +18,8 @@
 //! `cargo test` lists them as ignored, since they take minutes. `PONIX_DRILL_MESSAGES`
 //! sets N (default 10,000).
 
+#[path = "drills/migration_scenarios.rs"]
+mod migration_scenarios;
 #[path = "drills/plan.rs"]
 mod plan;
 #[path = "drills/report.rs"]
@@ -60,6 +62,12 @@ const DRILLS: &[(&str, Drill)] = &[
     ("poison", |n| Box::pin(scenarios::poison(n))),
     ("schema-drift", |n| Box::pin(scenarios::schema_drift(n))),
     ("backlog", |n| Box::pin(scenarios::backlog(n))),
+    ("rolling-migration", |n| {
+        Box::pin(migration_scenarios::rolling_migration(n))
+    }),
+    ("migration-crash", |n| {
+        Box::pin(migration_scenarios::migration_crash(n))
+    }),
 ];
 
 fn main() -> ExitCode {

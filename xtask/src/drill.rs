@@ -27,6 +27,8 @@ pub const DRILLS: &[&str] = &[
     "poison",
     "schema-drift",
     "backlog",
+    "rolling-migration",
+    "migration-crash",
 ];
 
 /// Envelopes per drill unless `--messages` says otherwise (the drills' own default).

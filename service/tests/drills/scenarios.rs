@@ -18,10 +18,10 @@ use crate::trap::{Cut, InsertTrap};
 use crate::writer::{Metrics, Writer, names};
 
 /// The longest wait for a fault's precondition (rows stored, failures seen).
-const FAULT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const FAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The longest wait for the drain: generous, for a loaded two-core machine.
-fn drain_timeout(published: u64) -> Duration {
+pub fn drain_timeout(published: u64) -> Duration {
     Duration::from_secs(180 + published / 400)
 }
 
@@ -32,7 +32,7 @@ fn thirds(messages: u64) -> [std::ops::RangeInclusive<u64>; 3] {
 }
 
 /// Waits until `condition` holds for the writer's metrics, scraping them.
-async fn wait_metrics(
+pub async fn wait_metrics(
     writer: &mut Writer,
     what: &str,
     timeout: Duration,
@@ -58,7 +58,7 @@ fn failed_inserts(metrics: &Metrics) -> u64 {
     metrics.sum(names::INSERTS, "") - metrics.sum(names::INSERTS, "result=\"ok\"")
 }
 
-type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
+pub type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// Publishing done, the consumer drained, the writer stopped with SIGTERM, and the
 /// count: the common end of every drill. `fault_over` is when the last fault ended;
@@ -68,6 +68,19 @@ async fn finish(
     plan: &Plan,
     publishing: Vec<Publishing>,
     writer: Writer,
+    totals: Metrics,
+    fault_over: Instant,
+) -> anyhow::Result<Report> {
+    finish_all(rig, plan, publishing, vec![writer], totals, fault_over).await
+}
+
+/// [`finish`] with several writers sharing the consumer: each is stopped with SIGTERM
+/// and must exit cleanly.
+pub async fn finish_all(
+    rig: &mut Rig,
+    plan: &Plan,
+    publishing: Vec<Publishing>,
+    writers: Vec<Writer>,
     mut totals: Metrics,
     fault_over: Instant,
 ) -> anyhow::Result<Report> {
@@ -80,20 +93,30 @@ async fn finish(
     let drain_from = fault_over.max(Instant::now());
     if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
         bail!(
-            "{err:#}\nthe writer's log ends with:\n{}\n{}",
-            writer.log_tail(40),
+            "{err:#}\nthe writers' log ends with:\n{}\n{}",
+            process_log_tail(rig),
             rig.infra_log_tails()
         );
     }
     let drain = drain_from.elapsed();
-    let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
-    totals.add(&metrics);
+    let mut statuses = Vec::new();
+    for writer in writers {
+        let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
+        totals.add(&metrics);
+        statuses.push(status);
+    }
     let mut report = rig.report(plan, &totals, drain).await?;
-    report.require(
-        status.success(),
-        format!("the writer exited with {status} after SIGTERM"),
-    );
+    for status in statuses {
+        report.require(
+            status.success(),
+            format!("a writer exited with {status} after SIGTERM"),
+        );
+    }
     Ok(report)
+}
+
+fn process_log_tail(rig: &Rig) -> String {
+    testkit::localenv::process::log_tail(&rig.log, 40)
 }
 
 /// clickhouse-down: ClickHouse stops mid-stream for longer than AckWait and comes back

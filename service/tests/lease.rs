@@ -1,0 +1,208 @@
+//! The migration lease (`ponix_writer::lease`) against a real nats-server of the
+//! test's own: one holder at a time, the others wait and name the holder, a holder
+//! that renews keeps the lease past its TTL, one that stops renewing loses it after
+//! the TTL, and a holder whose lease was taken over stops its work.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use async_nats::jetstream;
+use ponix_writer::lease::{self, Holder, Lease, LeaseConfig, LeaseError};
+use testkit::Endpoints;
+use testkit::infra::Managed;
+use tokio::time::Instant;
+
+testkit::integration_tests!(
+    a_second_contender_waits_while_the_holder_renews_past_the_ttl,
+    a_holder_that_stops_renewing_loses_the_lease_after_the_ttl,
+    a_holder_whose_lease_was_taken_over_stops_its_work,
+);
+
+const TTL: Duration = Duration::from_secs(3);
+
+async fn private_jetstream() -> anyhow::Result<(Managed, jetstream::Context)> {
+    let nats = tokio::task::spawn_blocking(Managed::private_nats)
+        .await?
+        .context("starting a private nats-server")?;
+    let client = async_nats::connect(nats.url())
+        .await
+        .context("connecting to the private nats-server")?;
+    Ok((nats, jetstream::new(client)))
+}
+
+fn config() -> LeaseConfig {
+    LeaseConfig {
+        bucket: "lease_test".to_owned(),
+        key: "db".to_owned(),
+        ttl: TTL,
+    }
+}
+
+async fn take(js: &jetstream::Context, holder: &str) -> anyhow::Result<Lease> {
+    Ok(lease::acquire(
+        js,
+        &config(),
+        holder,
+        Instant::now() + Duration::from_secs(5),
+        |_| {},
+    )
+    .await?)
+}
+
+/// A waits until 2 × TTL has passed while holding the lease, so only its renewals keep
+/// it; B, started meanwhile, is refused throughout, is told that A holds it, and gets
+/// it once A's work is over.
+async fn a_second_contender_waits_while_the_holder_renews_past_the_ttl(
+    _: Endpoints,
+) -> anyhow::Result<()> {
+    let (_nats, js) = private_jetstream().await?;
+    let first = take(&js, "holder-a pid 1").await?;
+    let a_done = Arc::new(AtomicBool::new(false));
+    let seen_waiting = Arc::new(AtomicUsize::new(0));
+
+    let contender = {
+        let js = js.clone();
+        let a_done = Arc::clone(&a_done);
+        let seen_waiting = Arc::clone(&seen_waiting);
+        tokio::spawn(async move {
+            let mut holders = Vec::new();
+            let lease = lease::acquire(
+                &js,
+                &config(),
+                "holder-b pid 2",
+                Instant::now() + Duration::from_secs(60),
+                |holder: &Holder| {
+                    holders.push(holder.0.clone());
+                    seen_waiting.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+            .await?;
+            // Taken only after A finished its work.
+            let a_was_done = a_done.load(Ordering::SeqCst);
+            anyhow::Ok((lease, a_was_done, holders))
+        })
+    };
+
+    let held_from = Instant::now();
+    let output = first
+        .run(async {
+            // How long the lease is held is the point of this test: past twice its TTL.
+            tokio::time::sleep_until(held_from + TTL * 2).await;
+            support::wait_for("the contender refused", Duration::from_secs(10), || {
+                let seen = seen_waiting.load(Ordering::SeqCst);
+                async move { Ok(if seen > 0 { Ok(()) } else { Err(seen) }) }
+            })
+            .await?;
+            a_done.store(true, Ordering::SeqCst);
+            anyhow::Ok("work done")
+        })
+        .await
+        .context("A lost its lease while renewing it")??;
+    ensure!(output == "work done");
+
+    let (second, a_was_done, holders) = tokio::time::timeout(Duration::from_secs(30), contender)
+        .await
+        .context("B never got the lease after A released it")???;
+    ensure!(a_was_done, "B got the lease while A still held it");
+    ensure!(
+        holders
+            .iter()
+            .any(|h| h.starts_with("holder-a pid 1 since "))
+            && holders
+                .iter()
+                .all(|h| h.starts_with("holder-a pid 1 since ") || h.starts_with("nobody")),
+        "B was not told that A holds the lease: {holders:?}"
+    );
+    ensure!(second.revision() > 0);
+    Ok(())
+}
+
+/// A takes the lease and dies (never renews, never releases): B waits, told that A
+/// holds it, and gets it once A's last revision expired.
+async fn a_holder_that_stops_renewing_loses_the_lease_after_the_ttl(
+    _: Endpoints,
+) -> anyhow::Result<()> {
+    let (_nats, js) = private_jetstream().await?;
+    let dead = take(&js, "holder-a pid 1").await?;
+    drop(dead);
+    let mut holders = Vec::new();
+    let taken = lease::acquire(
+        &js,
+        &config(),
+        "holder-b pid 2",
+        Instant::now() + TTL * 10,
+        |holder: &Holder| holders.push(holder.0.clone()),
+    )
+    .await
+    .context("B never got the lease of a holder that stopped renewing")?;
+    ensure!(
+        holders
+            .iter()
+            .any(|h| h.starts_with("holder-a pid 1 since ")),
+        "B did not wait for A's lease to expire: {holders:?}"
+    );
+    ensure!(taken.revision() > 0);
+
+    // With the lease taken and renewed by nobody, a third contender with a deadline
+    // shorter than the TTL times out, naming B.
+    let error = lease::acquire(
+        &js,
+        &config(),
+        "holder-c pid 3",
+        Instant::now() + TTL / 3,
+        |_| {},
+    )
+    .await
+    .err()
+    .context("C got a lease that B holds")?;
+    match error {
+        LeaseError::TimedOut { holder, .. } => {
+            ensure!(
+                holder.starts_with("holder-b pid 2 since "),
+                "C was told {holder:?} holds it"
+            )
+        }
+        other => bail!("C failed otherwise: {other}"),
+    }
+    Ok(())
+}
+
+/// The key is taken over behind A's back (as when A could not renew in time): A's
+/// next renewal is refused, its work is dropped unfinished, and `run` says so.
+async fn a_holder_whose_lease_was_taken_over_stops_its_work(_: Endpoints) -> anyhow::Result<()> {
+    let (_nats, js) = private_jetstream().await?;
+    let holder = take(&js, "holder-a pid 1").await?;
+    let kv = js.get_key_value("lease_test").await?;
+    kv.purge("db").await?;
+    kv.create("db", "usurper".into()).await?;
+
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(Arc::clone(&dropped));
+    let result = tokio::time::timeout(
+        TTL * 3,
+        holder.run(async move {
+            let _flag = flag;
+            std::future::pending::<()>().await
+        }),
+    )
+    .await
+    .context("the work went on after the lease was taken over")?;
+    ensure!(
+        matches!(result, Err(LeaseError::Lost { .. })),
+        "run did not report the lost lease: {result:?}"
+    );
+    ensure!(dropped.load(Ordering::SeqCst), "the work was not stopped");
+    let value = kv.get("db").await?.context("the usurper's lease is gone")?;
+    ensure!(value == "usurper", "A overwrote its successor's lease");
+    Ok(())
+}
