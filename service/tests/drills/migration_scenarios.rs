@@ -10,9 +10,10 @@ use anyhow::{Context, ensure};
 
 use crate::plan::Plan;
 use crate::report::Report;
-use crate::rig::{FIRST_VERSION, Rig, Schema, VERSION_BEFORE_STREAM_SEQUENCE};
-use crate::scenarios::{FAULT_TIMEOUT, drain_timeout, finish_all, wait_metrics};
-use crate::support::migrations::{Rebuild, rebuilds};
+use crate::rig::{FIRST_VERSION, Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE};
+use crate::scenarios::{FAULT_TIMEOUT, drain_timeout, finish_all};
+use crate::support::migrations::rebuilds;
+use crate::support::wait_for;
 use crate::writer::{Metrics, Writer, names};
 
 /// rolling-migration: three writers of the current version start at the same moment
@@ -36,11 +37,12 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
         .context("no rebuild migration found")?;
     let plan = Plan::valid(name, messages);
     rig.start_monitor();
-    // Part of it is held back until every writer has inserted, so that there is
-    // something left to consume for the last one to get going.
-    let held_back = messages / 4;
-    rig.progress.withheld.store(held_back, Ordering::Relaxed);
-    let publishing = rig.start_publishing(&plan, 1..=plan.total, Some(200));
+    // Half of it is held back and released a little at a time until every writer has
+    // inserted: the first writer ready could otherwise consume everything before the
+    // last one is.
+    let mut withheld = messages / 2;
+    rig.progress.withheld.store(withheld, Ordering::Relaxed);
+    let publishing = rig.start_publishing(&plan, 1..=plan.total, None);
 
     let started = Instant::now();
     let mut writers = (0..WRITERS)
@@ -50,20 +52,25 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
         writer.wait_ready().await?;
     }
     let all_ready = started.elapsed();
-    for (index, writer) in writers.iter_mut().enumerate() {
-        wait_metrics(
-            writer,
-            &format!("writer {} of {WRITERS} inserting", index + 1),
-            FAULT_TIMEOUT,
-            |m| m.sum(names::INSERTS, "result=\"ok\"") > 0,
-        )
-        .await?;
-    }
+    let per_writer = loop {
+        let mut per_writer = Vec::new();
+        for writer in &mut writers {
+            per_writer.push(writer.scrape()?.sum(names::INSERTS, "result=\"ok\""));
+        }
+        if per_writer.iter().all(|inserts| *inserts > 0) {
+            break per_writer;
+        }
+        ensure!(
+            withheld > 0,
+            "not every writer inserted (successful inserts per writer: {per_writer:?}); \
+             the writers' log ends with:\n{}",
+            writers[0].log_tail(30)
+        );
+        withheld = withheld.saturating_sub(RELEASED_AT_A_TIME);
+        rig.progress.withheld.store(withheld, Ordering::Relaxed);
+        rig.wait_rows(messages - withheld, FAULT_TIMEOUT).await?;
+    };
     rig.progress.withheld.store(0, Ordering::Relaxed);
-    let per_writer: Vec<u64> = writers
-        .iter_mut()
-        .map(|w| w.scrape_or_keep().sum(names::INSERTS, "result=\"ok\""))
-        .collect();
 
     let log = std::fs::read_to_string(&rig.log).context("reading the writers' log")?;
     let count = |needle: &str| log.lines().filter(|line| line.contains(needle)).count();
@@ -124,12 +131,18 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Messages rolling-migration releases at a time until every writer has inserted.
+const RELEASED_AT_A_TIME: u64 = 25;
+
 /// migration-crash: for every statement of every rebuild migration, goose is "killed"
 /// after that statement (the drill runs the file's statements up to it, as goose
-/// would have), then `up` runs again, while a writer consumes and inserts throughout
-/// (refused while the table is guarded or too old, accepted once the rebuilt table is
-/// in place). Between cases the table goes back one version (`down-to`, with the
-/// writer stopped where it could insert: the Down migrations are for stopped writers).
+/// would have), then the file runs again from the top, statement by statement, then
+/// `goose up` runs (the file a third time, and the version recorded). A writer
+/// consumes throughout; before every statement that finds the table taking its rows,
+/// the drill releases messages and waits until the writer stored some, so the rows a
+/// careless statement would lose are always there. Between cases the table goes back
+/// one version (`down-to`, with the writer stopped where it could insert: the Down
+/// migrations are for stopped writers).
 pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
     const PREFILLED: u64 = 2_000;
     let name = "migration-crash";
@@ -156,8 +169,9 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
         .unwrap_or_default();
     let cases: usize = rebuilds.iter().map(|r| r.statements.len()).sum();
     let plan = Plan::valid(name, messages);
-    // Released two chunks per case: before the kill and before the re-run.
-    let chunk = messages / (2 * cases as u64 + 1);
+    // Released a chunk at a time: at the start of each case, before goose runs, and
+    // before every statement that finds the table taking the writer's rows.
+    let chunk = (messages / 64).max(1);
     let mut released = chunk;
     rig.progress
         .withheld
@@ -171,8 +185,9 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
     for rebuild in &rebuilds {
         // The writer can insert into this migration's result only if it is the newest:
         // before that, the table lacks stream_sequence.
-        let writer_inserts_after = rebuild.version == newest;
-        for killed_after in 1..=rebuild.statements.len() {
+        let newest_one = rebuild.version == newest;
+        let statements = &rebuild.statements;
+        for killed_after in 1..=statements.len() {
             let case = || {
                 format!(
                     "{} killed after statement {killed_after}",
@@ -180,24 +195,28 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
                 )
             };
             release(&rig, messages, &mut released, chunk);
-            for statement in &rebuild.statements[..killed_after] {
-                rig.execute(statement).await.with_context(case)?;
+            // The killed run, then the whole file again (what goose does after a kill:
+            // it records a version only once every statement ran), the statements one
+            // at a time, so that the writer inserts between any two where the table
+            // takes its rows, however quickly goose would have gone through them.
+            for count in [killed_after, statements.len()] {
+                for statement in &statements[..count] {
+                    inserted_half_migrated +=
+                        insert_if_accepted(&rig, messages, &mut released, chunk)
+                            .await
+                            .with_context(case)?;
+                    rig.execute(statement).await.with_context(case)?;
+                }
             }
-            if writer_inserts_after && killed_after >= rebuild.exchange() {
-                // The rebuilt table is in place and unguarded: the writer stores what
-                // was released, into the table the re-run will copy and swap out.
-                let before = rig.rows().await?;
-                rig.wait_rows(released.min(before + 1), FAULT_TIMEOUT)
-                    .await
-                    .with_context(case)?;
-                inserted_half_migrated += rig.rows().await?.saturating_sub(before);
-            }
+            inserted_half_migrated += insert_if_accepted(&rig, messages, &mut released, chunk)
+                .await
+                .with_context(case)?;
+            // And goose itself, as the next writer to start would run it: the file a
+            // third time, and the version recorded.
             release(&rig, messages, &mut released, chunk);
-            rerun(&rig, rebuild, writer_inserts_after).with_context(case)?;
-            if writer_inserts_after {
-                rig.wait_rows(released, drain_timeout(released))
-                    .await
-                    .with_context(case)?;
+            if newest_one {
+                rig.goose(&["up"]).with_context(case)?;
+                settle(&rig, released).await.with_context(case)?;
                 // Back one version for the next case, with the writer stopped: the
                 // Down migration copies the table, and is not guarded against inserts.
                 let (status, metrics) = writer.terminate(Duration::from_secs(45)).await?;
@@ -206,6 +225,9 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
                 rig.goose(&["down-to", &rebuild.previous])?;
                 writer = Writer::start(&rig.vars, &rig.log).await?;
             } else {
+                // Only up to this one, and back: the writer cannot insert into either
+                // version, so nothing it sends is at stake.
+                rig.goose(&["up-to", &rebuild.version]).with_context(case)?;
                 rig.goose(&["down-to", &rebuild.previous])?;
             }
         }
@@ -229,7 +251,7 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
     .await?;
     report.note(format!(
         "{cases} kills ({}), each followed by `up`; {PREFILLED} rows there before; \
-         {inserted_half_migrated} rows inserted between a kill after the swap and the re-run; \
+         {inserted_half_migrated} rows inserted while a rebuilt table was in place and the file not done; \
          {refused} inserts refused as schema errors while guarded",
         rebuilds
             .iter()
@@ -243,7 +265,7 @@ pub async fn migration_crash(messages: u64) -> anyhow::Result<Report> {
     ));
     report.require(
         inserted_half_migrated > 0,
-        "no row was inserted between a kill after the swap and the re-run",
+        "no row was inserted while a rebuilt table was in place and the file not done",
     );
     report.require(
         refused > 0,
@@ -260,12 +282,50 @@ fn release(rig: &Rig, messages: u64, released: &mut u64, chunk: u64) {
         .store(messages - *released, Ordering::Relaxed);
 }
 
-/// `up` again after the kill: all of it, or (for an older migration) only up to it,
-/// so that the next case finds its table where it expects it.
-fn rerun(rig: &Rig, rebuild: &Rebuild, newest: bool) -> anyhow::Result<String> {
-    if newest {
-        rig.goose(&["up"])
-    } else {
-        rig.goose(&["up-to", &rebuild.version])
+/// Whether the writer's INSERTs can commit now: stream_sequence is a plain column of
+/// the table (not missing, not MATERIALIZED as the guard makes it).
+async fn accepts_inserts(rig: &Rig) -> anyhow::Result<bool> {
+    let plain = rig
+        .number(&format!(
+            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+             AND table = '{TABLE}' AND name = 'stream_sequence' AND default_kind = ''"
+        ))
+        .await?;
+    Ok(plain == 1)
+}
+
+/// If the table takes the writer's rows now, releases more messages and waits until
+/// the writer stored at least one: rows that a careless next statement would lose.
+/// Returns how many rows were stored meanwhile.
+async fn insert_if_accepted(
+    rig: &Rig,
+    messages: u64,
+    released: &mut u64,
+    chunk: u64,
+) -> anyhow::Result<u64> {
+    if *released >= messages || !accepts_inserts(rig).await? {
+        return Ok(0);
     }
+    let before = rig.rows().await?;
+    release(rig, messages, released, chunk);
+    rig.wait_rows(before + 1, FAULT_TIMEOUT).await?;
+    Ok(rig.rows().await?.saturating_sub(before))
+}
+
+/// Waits until every released message was published and the consumer has nothing
+/// pending or unacknowledged: all of them stored (or, if a step lost them, acked).
+async fn settle(rig: &Rig, released: u64) -> anyhow::Result<()> {
+    let progress = std::sync::Arc::clone(&rig.progress);
+    wait_for("the released messages published", FAULT_TIMEOUT, || {
+        let published = progress.published.load(Ordering::Relaxed);
+        async move {
+            Ok(if published >= released {
+                Ok(())
+            } else {
+                Err(published)
+            })
+        }
+    })
+    .await?;
+    rig.wait_drained(drain_timeout(released)).await
 }
