@@ -1217,6 +1217,7 @@ mod tests {
             ("PONIX_CLICKHOUSE_MIGRATIONS_ENABLED", "0"),
             ("PONIX_CLICKHOUSE_GOOSE_DSN", "clickhouse://x@y:9000/z"),
             ("PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS", "5"),
+            ("PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS", "9"),
             ("PONIX_LOG_LEVEL", "warn,ponix_writer=trace"),
             ("PONIX_LOG_FORMAT", "json"),
             ("PONIX_STARTUP_TIMEOUT_SECS", "1"),
@@ -1241,6 +1242,7 @@ mod tests {
         assert_eq!(c.clickhouse.insert_timeout, Duration::from_millis(250));
         assert!(c.clickhouse.async_insert);
         assert!(!c.migrations.enabled);
+        assert_eq!(c.migrations.lease_ttl, Duration::from_secs(9));
         assert_eq!(
             c.migrations.dsn_override.as_ref().map(Secret::expose),
             Some("clickhouse://x@y:9000/z")
@@ -1328,6 +1330,7 @@ mod tests {
             "PONIX_NATS_ACK_WAIT_SECS",
             "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
             "PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS",
+            "PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS",
             "PONIX_STARTUP_TIMEOUT_SECS",
             "PONIX_SHUTDOWN_TIMEOUT_SECS",
         ] {

@@ -1,7 +1,9 @@
 //! The migration lease (`ponix_writer::lease`) against a real nats-server of the
 //! test's own: one holder at a time, the others wait and name the holder, a holder
 //! that renews keeps the lease past its TTL, one that stops renewing loses it after
-//! the TTL, and a holder whose lease was taken over stops its work.
+//! the TTL, and a holder whose lease was taken over stops its work; and the writer
+//! binary, finding the migration lease held, waits for it (in its log and on
+//! `/readyz`, naming the holder) and migrates once it is released.
 
 mod support;
 
@@ -12,6 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use async_nats::jetstream;
 use ponix_writer::lease::{self, Holder, Lease, LeaseConfig, LeaseError};
+use ponix_writer::migrate::LEASE_BUCKET;
+use support::writer::WriterProcess;
 use testkit::Endpoints;
 use testkit::infra::Managed;
 use tokio::time::Instant;
@@ -20,6 +24,7 @@ testkit::integration_tests!(
     a_second_contender_waits_while_the_holder_renews_past_the_ttl,
     a_holder_that_stops_renewing_loses_the_lease_after_the_ttl,
     a_holder_whose_lease_was_taken_over_stops_its_work,
+    the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it,
 );
 
 const TTL: Duration = Duration::from_secs(3);
@@ -204,5 +209,86 @@ async fn a_holder_whose_lease_was_taken_over_stops_its_work(_: Endpoints) -> any
     ensure!(dropped.load(Ordering::SeqCst), "the work was not stopped");
     let value = kv.get("db").await?.context("the usurper's lease is gone")?;
     ensure!(value == "usurper", "A overwrote its successor's lease");
+    Ok(())
+}
+
+/// The test holds the writer's migration lease (the writer's bucket, its database as
+/// the key) while the writer binary starts: the writer logs that it waits and who
+/// holds the lease, `/readyz` answers 503 naming the holder, and nothing is migrated.
+/// Once the test's work ends and the lease is released, the writer takes it, migrates
+/// and becomes ready.
+async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "lease_writer_waits";
+    let (nats, js) = private_jetstream().await?;
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let held = lease::acquire(
+        &js,
+        &LeaseConfig {
+            bucket: LEASE_BUCKET.to_owned(),
+            key: DATABASE.to_owned(),
+            // The writer's default, so that the bucket is the one it would create.
+            ttl: Duration::from_secs(30),
+        },
+        "test-holder pid 1",
+        Instant::now() + Duration::from_secs(5),
+        |_| {},
+    )
+    .await?;
+
+    let mut writer = WriterProcess::spawn(
+        "lease-writer-waits",
+        &endpoints,
+        &[
+            ("PONIX_NATS_URL", nats.url()),
+            ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
+        ],
+    )?;
+    let client = support::clickhouse(&endpoints, DATABASE);
+    held.run(async {
+        let readyz = support::wait_for(
+            "/readyz naming the lease holder",
+            Duration::from_secs(60),
+            || async {
+                Ok(match writer.readyz() {
+                    Ok((503, body)) if body.contains("migrations: not done yet; waiting for the migration lease, held by test-holder pid 1 since ") => Ok(body),
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
+        .await?;
+        let log = std::fs::read_to_string(&writer.log)?;
+        ensure!(
+            log.contains("waiting for the migration lease") && log.contains("test-holder pid 1 since "),
+            "the writer's log does not say it waits for the lease held by the test:\n{}",
+            writer.log_tail(20)
+        );
+        let tables = client
+            .query("SELECT count() FROM system.tables WHERE database = currentDatabase()")
+            .fetch_one::<u64>()
+            .await?;
+        ensure!(tables == 0, "{tables} tables were created while the lease was held: {readyz}");
+        anyhow::Ok(())
+    })
+    .await??;
+
+    writer.wait_ready().await?;
+    let log = std::fs::read_to_string(&writer.log)?;
+    ensure!(
+        log.contains("migration lease taken") && log.contains("migration lease released"),
+        "the writer did not take and release the lease:\n{}",
+        writer.log_tail(20)
+    );
+    let version = client
+        .query("SELECT max(version_id) FROM goose_db_version WHERE is_applied")
+        .fetch_one::<i64>()
+        .await?;
+    ensure!(
+        version > 0,
+        "the writer did not migrate once it had the lease"
+    );
+    let status = writer.terminate(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "the writer exited with {status}");
     Ok(())
 }
