@@ -7,7 +7,10 @@
 //!
 //! * The bucket keeps one revision per key, and its `max_age` is the lease's TTL:
 //!   every revision expires TTL after the server stored it.
-//! * [`acquire`] takes the lease with `kv.create`, which the server refuses while the
+//! * [`Bucket::open`] finds or creates the bucket, retrying until its deadline (the
+//!   writer's start-up deadline: like connecting, it fails fast when JetStream does not
+//!   answer).
+//! * [`Bucket::acquire`] takes the lease with `kv.create`, which the server refuses while the
 //!   key holds a live value, so two contenders can never both succeed. A contender
 //!   that is refused waits, polling, and reports who holds the lease (the holder's
 //!   value: host, pid, since when) until it gets it or its deadline passes.
@@ -101,94 +104,129 @@ pub struct Lease {
     renewed_at: Instant,
 }
 
-/// Waits until the lease is free and takes it, or fails at `deadline`. The value stored
-/// while it is held is `holder` (see [`this_process`]) followed by ` since <UTC time
-/// it was taken>`; `waiting` is called with the current holder's value whenever the
-/// lease is found taken, for `/readyz`.
+/// [`Bucket::open`] then [`Bucket::acquire`], both against `deadline`.
 pub async fn acquire(
     js: &jetstream::Context,
     config: &LeaseConfig,
     holder: &str,
     deadline: Instant,
-    mut waiting: impl FnMut(&Holder),
+    waiting: impl FnMut(&Holder),
 ) -> Result<Lease, LeaseError> {
-    let started = Instant::now();
-    let store = bucket(js, config, deadline).await?;
-    // The bucket's own max_age governs expiry: an existing bucket made with another
-    // TTL keeps it, and renewals must keep pace with that one.
-    let ttl = match store.status().await {
-        Ok(status) if !status.max_age().is_zero() => status.max_age(),
-        _ => config.ttl,
-    };
-    if ttl != config.ttl {
-        tracing::warn!(
-            bucket = %config.bucket,
-            bucket_ttl = ?ttl,
-            configured_ttl = ?config.ttl,
-            "the lease bucket exists with another max_age; using the bucket's"
-        );
+    Bucket::open(js, config, deadline)
+        .await?
+        .acquire(holder, deadline, waiting)
+        .await
+}
+
+/// The bucket the lease lives in, and the lease's key and TTL.
+pub struct Bucket {
+    store: kv::Store,
+    config: LeaseConfig,
+    ttl: Duration,
+}
+
+impl Bucket {
+    /// Finds the bucket, or creates it (two contenders creating it at once both
+    /// succeed: the same stream configuration twice). JetStream not answering is
+    /// retried until `deadline`.
+    pub async fn open(
+        js: &jetstream::Context,
+        config: &LeaseConfig,
+        deadline: Instant,
+    ) -> Result<Bucket, LeaseError> {
+        let store = bucket(js, config, deadline).await?;
+        // The bucket's own max_age governs expiry: an existing bucket made with another
+        // TTL keeps it, and renewals must keep pace with that one.
+        let ttl = match store.status().await {
+            Ok(status) if !status.max_age().is_zero() => status.max_age(),
+            _ => config.ttl,
+        };
+        if ttl != config.ttl {
+            tracing::warn!(
+                bucket = %config.bucket,
+                bucket_ttl = ?ttl,
+                configured_ttl = ?config.ttl,
+                "the lease bucket exists with another max_age; using the bucket's"
+            );
+        }
+        Ok(Bucket {
+            store,
+            config: config.clone(),
+            ttl,
+        })
     }
-    let mut last_report: Option<(Holder, Instant)> = None;
-    loop {
-        let attempt_at = Instant::now();
-        let value = Bytes::from(format!(
-            "{holder} since {}",
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        ));
-        let refused = match store.create(&config.key, value.clone()).await {
-            Ok(revision) => {
+
+    /// Waits until the lease is free and takes it, or fails at `deadline`. The value
+    /// stored while it is held is `holder` (see [`this_process`]) followed by
+    /// ` since <UTC time it was taken>`; `waiting` is called with the current holder's
+    /// value whenever the lease is found taken, for `/readyz`.
+    pub async fn acquire(
+        self,
+        holder: &str,
+        deadline: Instant,
+        mut waiting: impl FnMut(&Holder),
+    ) -> Result<Lease, LeaseError> {
+        let Bucket { store, config, ttl } = self;
+        let started = Instant::now();
+        let mut last_report: Option<(Holder, Instant)> = None;
+        loop {
+            let attempt_at = Instant::now();
+            let value = Bytes::from(format!(
+                "{holder} since {}",
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+            let refused = match store.create(&config.key, value.clone()).await {
+                Ok(revision) => {
+                    tracing::info!(
+                        bucket = %config.bucket,
+                        key = %config.key,
+                        waited = ?started.elapsed(),
+                        ttl = ?ttl,
+                        "migration lease taken"
+                    );
+                    return Ok(Lease {
+                        kv: store,
+                        key: config.key.clone(),
+                        value,
+                        revision,
+                        ttl,
+                        renewed_at: attempt_at,
+                    });
+                }
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    current_holder(&store, &config.key).await
+                }
+                Err(error) => Holder(format!("unknown (reading the lease failed: {error})")),
+            };
+            waiting(&refused);
+            let report_due = match &last_report {
+                None => true,
+                Some((previous, at)) => *previous != refused || at.elapsed() >= REPORT_EVERY,
+            };
+            if report_due {
                 tracing::info!(
-                    bucket = %config.bucket,
                     key = %config.key,
+                    held_by = %refused,
                     waited = ?started.elapsed(),
-                    ttl = ?ttl,
-                    "migration lease taken"
+                    "waiting for the migration lease"
                 );
-                return Ok(Lease {
-                    kv: store,
+                last_report = Some((refused.clone(), Instant::now()));
+            }
+            if Instant::now() >= deadline {
+                return Err(LeaseError::TimedOut {
                     key: config.key.clone(),
-                    value,
-                    revision,
-                    ttl,
-                    renewed_at: attempt_at,
+                    holder: refused.0,
+                    waited: started.elapsed(),
                 });
             }
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                current_holder(&store, &config.key).await
-            }
-            Err(error) => Holder(format!("unknown (reading the lease failed: {error})")),
-        };
-        waiting(&refused);
-        let report_due = match &last_report {
-            None => true,
-            Some((previous, at)) => *previous != refused || at.elapsed() >= REPORT_EVERY,
-        };
-        if report_due {
-            tracing::info!(
-                key = %config.key,
-                held_by = %refused,
-                waited = ?started.elapsed(),
-                "waiting for the migration lease"
-            );
-            last_report = Some((refused.clone(), Instant::now()));
+            tokio::time::sleep(
+                poll_interval(ttl).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
-        if Instant::now() >= deadline {
-            return Err(LeaseError::TimedOut {
-                key: config.key.clone(),
-                holder: refused.0,
-                waited: started.elapsed(),
-            });
-        }
-        tokio::time::sleep(
-            poll_interval(ttl).min(deadline.saturating_duration_since(Instant::now())),
-        )
-        .await;
     }
 }
 
-/// The bucket, created if missing. Two contenders creating it at once both succeed
-/// (the same stream configuration twice); JetStream not answering is retried until
-/// `deadline`.
 async fn bucket(
     js: &jetstream::Context,
     config: &LeaseConfig,
@@ -196,22 +234,29 @@ async fn bucket(
 ) -> Result<kv::Store, LeaseError> {
     let mut pause = Duration::from_millis(200);
     loop {
-        let detail = match js.get_key_value(&config.bucket).await {
-            Ok(store) => return Ok(store),
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: config.bucket.clone(),
-                    description: "ponix-writer: who runs the migrations".to_owned(),
-                    history: 1,
-                    max_age: config.ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(store) => return Ok(store),
-                Err(error) => error.to_string(),
-            },
+        let attempt = async {
+            match js.get_key_value(&config.bucket).await {
+                Ok(store) => Ok(store),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: config.bucket.clone(),
+                        description: "ponix-writer: who runs the migrations".to_owned(),
+                        history: 1,
+                        max_age: config.ttl,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|error| error.to_string()),
+            }
+        };
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let detail = match tokio::time::timeout(remaining, attempt).await {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(detail)) => detail,
+            Err(_) => format!("no answer within {remaining:?}"),
         };
         if Instant::now() >= deadline {
             return Err(LeaseError::Bucket {

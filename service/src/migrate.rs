@@ -18,7 +18,8 @@
 //! [`run_exclusively`] runs goose only while holding the migration lease (see
 //! [`crate::lease`]), keyed by the ClickHouse database: goose has no lock of its own
 //! for ClickHouse, and two runs of a rebuild migration interleaved can drop the table
-//! that holds the data. A writer that finds the lease taken waits for it (the holder
+//! that holds the data. The lease's bucket must be usable by the start-up deadline,
+//! like the connections before it. A writer that finds the lease taken waits for it (the holder
 //! is logged and shown on `/readyz`) for at most the migrations timeout plus the
 //! lease TTL (the longest a live holder runs goose, plus the time a dead holder's
 //! lease takes to expire), then runs `goose up` itself: a no-op once the holder
@@ -70,12 +71,14 @@ pub enum MigrateError {
 }
 
 /// [`run`] while holding the migration lease for `database`: at most one writer
-/// migrates a database at a time. `waiting` is told who holds the lease while this
-/// writer waits for it.
+/// migrates a database at a time. The lease bucket must be usable by
+/// `startup_deadline`; `waiting` is told who holds the lease while this writer waits
+/// for it.
 pub async fn run_exclusively(
     config: &MigrationsConfig,
     js: &jetstream::Context,
     database: &str,
+    startup_deadline: tokio::time::Instant,
     dsn: &Secret,
     secrets: &[&str],
     waiting: impl FnMut(&Holder),
@@ -88,8 +91,11 @@ pub async fn run_exclusively(
         key: database.to_owned(),
         ttl: config.lease_ttl,
     };
+    let bucket = lease::Bucket::open(js, &lease_config, startup_deadline).await?;
     let deadline = tokio::time::Instant::now() + config.timeout + config.lease_ttl;
-    let held = lease::acquire(js, &lease_config, &lease::this_process(), deadline, waiting).await?;
+    let held = bucket
+        .acquire(&lease::this_process(), deadline, waiting)
+        .await?;
     held.run(run(config, dsn, secrets)).await?
 }
 

@@ -167,6 +167,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
         &config.migrations,
         &js,
         &config.clickhouse.database,
+        deadline,
         &dsn,
         &[config.clickhouse.password.expose()],
         |holder| health.set_waiting_for_migration_lease(&holder.0),

@@ -25,6 +25,7 @@ testkit::integration_tests!(
     a_holder_that_stops_renewing_loses_the_lease_after_the_ttl,
     a_holder_whose_lease_was_taken_over_stops_its_work,
     the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it,
+    a_failing_migration_under_the_lease_is_reported_without_the_secrets_and_releases_it,
 );
 
 const TTL: Duration = Duration::from_secs(3);
@@ -290,5 +291,59 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
     );
     let status = writer.terminate(Duration::from_secs(30)).await?;
     ensure!(status.success(), "the writer exited with {status}");
+    Ok(())
+}
+
+/// goose fails under the lease, printing the DSN it was given (password included): the
+/// writer exits 1 quoting goose's output without the secrets, and releases the lease,
+/// so the next writer need not wait for it to expire.
+async fn a_failing_migration_under_the_lease_is_reported_without_the_secrets_and_releases_it(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "lease_failing_goose";
+    const SECRET: &str = "Sup3rS3cretLeaseMarker";
+    let (nats, js) = private_jetstream().await?;
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let goose =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/failing-goose");
+    let mut writer = WriterProcess::spawn(
+        "lease-failing-goose",
+        &endpoints,
+        &[
+            ("PONIX_NATS_URL", nats.url()),
+            ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
+            (
+                "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
+                goose.display().to_string(),
+            ),
+            (
+                "PONIX_CLICKHOUSE_GOOSE_DSN",
+                format!("http://writer:{SECRET}@127.0.0.1:1/{DATABASE}"),
+            ),
+        ],
+    )?;
+    let status = writer.wait_exit(Duration::from_secs(60)).await?;
+    let log = std::fs::read_to_string(&writer.log)?;
+    ensure!(
+        status.code() == Some(1),
+        "the writer exited with {status}:\n{log}"
+    );
+    ensure!(
+        !log.contains(SECRET),
+        "the secret is in the writer's output:\n{log}"
+    );
+    ensure!(
+        log.contains("goose failed") && log.contains("boom"),
+        "the failure does not quote goose:\n{log}"
+    );
+    ensure!(
+        log.contains("migration lease taken"),
+        "goose ran without the lease:\n{log}"
+    );
+    let kv = js.get_key_value(LEASE_BUCKET).await?;
+    ensure!(
+        kv.get(DATABASE).await?.is_none(),
+        "the lease is still held after the writer failed"
+    );
     Ok(())
 }

@@ -101,6 +101,17 @@ impl WriterProcess {
         }
     }
 
+    /// Waits for the writer to exit by itself, for at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => bail!(
+                "ponix-writer did not exit within {timeout:?}:\n{}",
+                self.log_tail(40)
+            ),
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         testkit::localenv::process::log_tail(&self.log, lines)
     }
