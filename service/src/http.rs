@@ -27,8 +27,9 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     clickhouse_answered: AtomicBool,
     migrations_done: AtomicBool,
-    /// Who holds the migration lease this writer is waiting for, while it waits.
-    migration_lease_holder: Mutex<Option<String>>,
+    /// What the migrations are doing while they are not done (waiting for the lease,
+    /// running goose), for `/readyz`.
+    migrations_status: Mutex<Option<String>>,
     /// The stream, the dead-letter stream and the durable consumer exist: only then
     /// does a message published now get consumed.
     consumer_ready: AtomicBool,
@@ -54,13 +55,13 @@ impl Health {
     }
 
     pub fn set_migrations_done(&self) {
-        *lock(&self.migration_lease_holder) = None;
+        *lock(&self.migrations_status) = None;
         self.migrations_done.store(true, Ordering::Relaxed);
     }
 
-    /// This writer waits for the migration lease, which `holder` has.
-    pub fn set_waiting_for_migration_lease(&self, holder: &str) {
-        *lock(&self.migration_lease_holder) = Some(holder.to_owned());
+    /// What the migrations are doing, until they are done.
+    pub fn set_migrations_status(&self, status: String) {
+        *lock(&self.migrations_status) = Some(status);
     }
 
     pub fn set_consumer_ready(&self) {
@@ -88,10 +89,8 @@ impl Health {
             reasons.push("clickhouse: has not answered yet".to_owned());
         }
         if !self.migrations_done.load(Ordering::Relaxed) {
-            match lock(&self.migration_lease_holder).as_ref() {
-                Some(holder) => reasons.push(format!(
-                    "migrations: not done yet; waiting for the migration lease, held by {holder}"
-                )),
+            match lock(&self.migrations_status).as_ref() {
+                Some(status) => reasons.push(format!("migrations: not done yet; {status}")),
                 None => reasons.push("migrations: not done yet".to_owned()),
             }
         }
@@ -179,9 +178,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readiness_names_the_migration_lease_holder_while_waiting() {
+    fn readiness_says_what_the_migrations_are_doing() {
         let health = Health::new();
-        health.set_waiting_for_migration_lease("host-a pid 7 since 2026-12-06T05:00:00Z");
+        health.set_migrations_status(
+            "waiting for the migration lease, held by host-a pid 7 since 2026-12-06T05:00:00Z"
+                .to_owned(),
+        );
         let reasons = health.readiness().expect_err("not ready while waiting");
         assert!(
             reasons.contains(

@@ -70,10 +70,30 @@ pub enum MigrateError {
     Lease(#[from] LeaseError),
 }
 
+/// What [`run_exclusively`] is doing, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Another writer holds the lease.
+    WaitingForLease(Holder),
+    /// This writer holds the lease and runs goose.
+    Migrating,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::WaitingForLease(holder) => {
+                write!(f, "waiting for the migration lease, held by {holder}")
+            }
+            Progress::Migrating => f.write_str("running goose under the migration lease"),
+        }
+    }
+}
+
 /// [`run`] while holding the migration lease for `database`: at most one writer
 /// migrates a database at a time. The lease bucket must be usable by
-/// `startup_deadline`; `waiting` is told who holds the lease while this writer waits
-/// for it.
+/// `startup_deadline`; `progress` is told who holds the lease while this writer waits
+/// for it, and when it runs goose.
 pub async fn run_exclusively(
     config: &MigrationsConfig,
     js: &jetstream::Context,
@@ -81,7 +101,7 @@ pub async fn run_exclusively(
     startup_deadline: tokio::time::Instant,
     dsn: &Secret,
     secrets: &[&str],
-    waiting: impl FnMut(&Holder),
+    mut progress: impl FnMut(Progress),
 ) -> Result<(), MigrateError> {
     if !config.enabled {
         return run(config, dsn, secrets).await;
@@ -94,8 +114,11 @@ pub async fn run_exclusively(
     let bucket = lease::Bucket::open(js, &lease_config, startup_deadline).await?;
     let deadline = tokio::time::Instant::now() + config.timeout + config.lease_ttl;
     let held = bucket
-        .acquire(&lease::this_process(), deadline, waiting)
+        .acquire(&lease::this_process(), deadline, |holder| {
+            progress(Progress::WaitingForLease(holder.clone()))
+        })
         .await?;
+    progress(Progress::Migrating);
     held.run(run(config, dsn, secrets)).await?
 }
 

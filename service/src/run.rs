@@ -170,7 +170,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
         deadline,
         &dsn,
         &[config.clickhouse.password.expose()],
-        |holder| health.set_waiting_for_migration_lease(&holder.0),
+        |progress| health.set_migrations_status(progress.to_string()),
     )
     .await
     .context("migrations failed; nothing was consumed")?;
