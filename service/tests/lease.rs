@@ -3,7 +3,8 @@
 //! that renews keeps the lease past its TTL, one that stops renewing loses it after
 //! the TTL, and a holder whose lease was taken over stops its work; and the writer
 //! binary, finding the migration lease held, waits for it (in its log and on
-//! `/readyz`, naming the holder) and migrates once it is released.
+//! `/readyz`, naming the holder) and migrates once it is released, or once the lease
+//! of a holder that died half-way through a migration expired.
 
 mod support;
 
@@ -26,6 +27,7 @@ testkit::integration_tests!(
     a_holder_whose_lease_was_taken_over_stops_its_work,
     the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it,
     a_failing_migration_under_the_lease_is_reported_without_the_secrets_and_releases_it,
+    a_writer_resumes_the_migration_of_a_holder_that_died,
 );
 
 const TTL: Duration = Duration::from_secs(3);
@@ -345,5 +347,98 @@ async fn a_failing_migration_under_the_lease_is_reported_without_the_secrets_and
         kv.get(DATABASE).await?.is_none(),
         "the lease is still held after the writer failed"
     );
+    Ok(())
+}
+
+/// A holder died half-way through the newest rebuild migration (killed after the
+/// EXCHANGE, its lease left to expire): the writer binary waits for that lease, takes
+/// it once it expired, and completes the migration.
+async fn a_writer_resumes_the_migration_of_a_holder_that_died(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "lease_dead_holder";
+    let (nats, js) = private_jetstream().await?;
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let newest = support::migrations::rebuilds(&endpoints.migrations_dir)?
+        .pop()
+        .context("no rebuild migration")?;
+    let goose = |args: &[&str]| -> anyhow::Result<()> {
+        let port = endpoints.clickhouse_port()?;
+        let output = std::process::Command::new(&endpoints.goose_binary)
+            .arg("-dir")
+            .arg(&endpoints.migrations_dir)
+            .arg("clickhouse")
+            .arg(format!(
+                "http://{}:{}@127.0.0.1:{port}/{DATABASE}",
+                endpoints.username, endpoints.password
+            ))
+            .args(args)
+            .output()
+            .context("running goose")?;
+        ensure!(
+            output.status.success(),
+            "goose {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    goose(&["up-to", &newest.previous])?;
+    let client = support::clickhouse(&endpoints, DATABASE);
+    // The dead holder's lease, in a bucket with a short TTL (the writer keeps the
+    // bucket's), and the statements its goose ran before it died.
+    let dead = lease::acquire(
+        &js,
+        &LeaseConfig {
+            bucket: LEASE_BUCKET.to_owned(),
+            key: DATABASE.to_owned(),
+            ttl: TTL,
+        },
+        "dead-holder pid 1",
+        Instant::now() + Duration::from_secs(5),
+        |_| {},
+    )
+    .await?;
+    for statement in &newest.statements[..newest.exchange()] {
+        client.query(statement).execute().await?;
+    }
+    drop(dead);
+
+    let mut writer = WriterProcess::spawn(
+        "lease-dead-holder",
+        &endpoints,
+        &[
+            ("PONIX_NATS_URL", nats.url()),
+            ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
+        ],
+    )?;
+    writer.wait_ready().await?;
+    let log = std::fs::read_to_string(&writer.log)?;
+    ensure!(
+        log.contains("waiting for the migration lease") && log.contains("dead-holder pid 1"),
+        "the writer did not wait for the dead holder's lease:\n{}",
+        writer.log_tail(20)
+    );
+    ensure!(
+        log.contains("migration lease taken") && log.contains(&newest.version),
+        "the writer did not take the lease and complete {}:\n{}",
+        newest.version,
+        writer.log_tail(20)
+    );
+    let applied = client
+        .query("SELECT count() FROM goose_db_version WHERE version_id = ? AND is_applied")
+        .bind(newest.version.parse::<i64>()?)
+        .fetch_one::<u64>()
+        .await?;
+    ensure!(applied == 1, "{} recorded {applied} times", newest.version);
+    let leftovers = client
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name != 'processed_envelopes' AND name != 'goose_db_version'")
+        .fetch_one::<u64>()
+        .await?;
+    ensure!(
+        leftovers == 0,
+        "{leftovers} tables left besides the table and goose's"
+    );
+    let status = writer.terminate(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "the writer exited with {status}");
     Ok(())
 }
