@@ -10,10 +10,10 @@
 //! * [`Bucket::open`] finds or creates the bucket, retrying until its deadline (the
 //!   writer's start-up deadline: like connecting, it fails fast when JetStream does not
 //!   answer).
-//! * [`Bucket::acquire`] takes the lease with `kv.create`, which the server refuses while the
-//!   key holds a live value, so two contenders can never both succeed. A contender
-//!   that is refused waits, polling, and reports who holds the lease (the holder's
-//!   value: host, pid, since when) until it gets it or its deadline passes.
+//! * [`Bucket::acquire`] takes the lease with `kv.create`, which the server refuses
+//!   while the key holds a live value, so two contenders can never both succeed. A
+//!   contender that is refused waits, polling, and reports who holds the lease (the
+//!   holder's value: host, pid, since when) until it gets it or its deadline passes.
 //! * [`Lease::run`] runs the work while renewing the lease every TTL/3 with
 //!   `kv.update` against the revision it last wrote, so a holder that lost the lease
 //!   never overwrites its successor's. If the lease cannot be renewed before 3/4 of
@@ -59,7 +59,8 @@ pub enum LeaseError {
         holder: String,
         waited: Duration,
     },
-    /// The lease could not be renewed in time, or was taken over: the work was stopped.
+    /// Retryable (the next attempt resumes the work): the lease could not be renewed in
+    /// time, or was taken over, and the work was stopped.
     #[error("lost the lease {key:?} while holding it: {detail}")]
     Lost { key: String, detail: String },
 }
@@ -331,6 +332,7 @@ impl Lease {
                     Ok(Err(error)) => {
                         tracing::warn!(key = %self.key, %error, "renewing the migration lease failed; retrying");
                     }
+                    // No answer in time: whether to try again is decided below.
                     Err(_) => {}
                 }
                 if self.renewed_at.elapsed() >= give_up_after {

@@ -10,7 +10,10 @@ use anyhow::{Context, ensure};
 
 use crate::plan::Plan;
 use crate::report::Report;
-use crate::rig::{FIRST_VERSION, Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE};
+use ponix_writer::lease::{self, LeaseConfig};
+use ponix_writer::migrate::LEASE_BUCKET;
+
+use crate::rig::{DATABASE, FIRST_VERSION, Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE};
 use crate::scenarios::{FAULT_TIMEOUT, drain_timeout, finish_all};
 use crate::support::migrations::rebuilds;
 use crate::support::wait_for;
@@ -20,6 +23,10 @@ use crate::writer::{Metrics, Writer, names};
 /// against a table one version older holding 50,000 rows, while publishing runs. One
 /// takes the migration lease and migrates; the others wait for it, then find nothing
 /// to do. The migration is applied once, no row is lost, and all three consume.
+///
+/// The migration takes a fraction of a second here, so the drill holds the lease
+/// itself while the writers start, until each one's `/readyz` says it waits for it:
+/// then all three are contending for certain when the drill lets go.
 pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
     const WRITERS: usize = 3;
     const PREFILLED: u64 = 50_000;
@@ -44,10 +51,41 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
     rig.progress.withheld.store(withheld, Ordering::Relaxed);
     let publishing = rig.start_publishing(&plan, 1..=plan.total, None);
 
+    let gate = lease::acquire(
+        &rig.js,
+        &LeaseConfig {
+            bucket: LEASE_BUCKET.to_owned(),
+            key: DATABASE.to_owned(),
+            ttl: rig.writer_config()?.migrations.lease_ttl,
+        },
+        "the drill, holding the writers at the start line,",
+        tokio::time::Instant::now() + FAULT_TIMEOUT,
+        |_| {},
+    )
+    .await
+    .context("taking the migration lease")?;
     let started = Instant::now();
     let mut writers = (0..WRITERS)
         .map(|_| Writer::spawn(&rig.vars, &rig.log))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    gate.run(async {
+        for (index, writer) in writers.iter().enumerate() {
+            let port = writer.http_port;
+            wait_for(
+                &format!("writer {} of {WRITERS} waiting for the lease", index + 1),
+                FAULT_TIMEOUT,
+                || async move {
+                    Ok(match testkit::localenv::net::http_get(port, "/readyz") {
+                        Ok(r) if r.body.contains("waiting for the migration lease") => Ok(()),
+                        other => Err(other.map(|r| r.body).map_err(|e| e.to_string())),
+                    })
+                },
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
     for writer in &mut writers {
         writer.wait_ready().await?;
     }
@@ -104,7 +142,7 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
     )
     .await?;
     report.note(format!(
-        "{WRITERS} writers started together on {PREFILLED} rows one version older, all ready in {:.1}s; \
+        "{WRITERS} writers started together on {PREFILLED} rows one version older (all waiting for the lease), all ready in {:.1}s; \
          lease taken {taken}×, {waiting} waiting reports; {} applied {applied_in_log}× (goose_db_version: {applied_in_table}), \
          {no_op} no-op runs; inserts per writer {per_writer:?}",
         all_ready.as_secs_f64(),
@@ -114,7 +152,10 @@ pub async fn rolling_migration(messages: u64) -> anyhow::Result<Report> {
         taken == WRITERS,
         format!("the lease was taken {taken} times, not once by each of the {WRITERS} writers"),
     );
-    report.require(waiting > 0, "no writer waited for the migration lease");
+    report.require(
+        waiting >= WRITERS,
+        format!("{waiting} reports of waiting for the lease, fewer than the {WRITERS} writers"),
+    );
     report.require(
         applied_in_log == 1 && applied_in_table == 1,
         format!(
