@@ -39,6 +39,12 @@
 --   and without the guard the rows they commit during the re-run's copy would be
 --   dropped with it. Stored values stay as they are: MATERIALIZED only applies to
 --   rows that do not have the column.
+-- * Then KILL QUERY ... SYNC waits for (or cancels) the INSERTs into the table that
+--   began before the guard, which were checked against the old columns and could
+--   otherwise commit after the copy read the table. A cancelled INSERT fails with
+--   QUERY_WAS_CANCELLED, which the writer retries. The migrating user must be
+--   allowed to kill the writer's queries: it is the same user unless
+--   PONIX_CLICKHOUSE_GOOSE_DSN names another.
 -- * processed_envelopes is never dropped, only replaced by EXCHANGE, which is
 --   atomic. So it always holds every row, and processed_envelopes_new, whenever
 --   the file drops it, is either an unfinished copy or the swapped-out table,
@@ -60,6 +66,14 @@ ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS stream_sequence UInt64 
 
 -- +goose StatementBegin
 ALTER TABLE processed_envelopes MODIFY COLUMN stream_sequence UInt64 MATERIALIZED 0;
+-- +goose StatementEnd
+
+-- An INSERT that began before the guard was checked against the old columns and
+-- may still be running: it would commit after the copy read the table. Wait for it
+-- (or cancel it; the writer retries a cancelled INSERT) before copying.
+-- +goose StatementBegin
+KILL QUERY WHERE query_kind = 'Insert' AND current_database = currentDatabase()
+    AND match(lower(query), '\\bprocessed_envelopes\\b') SYNC;
 -- +goose StatementEnd
 
 -- +goose StatementBegin

@@ -10,12 +10,13 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use clickhouse::{Client, Row};
 use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::row::ProcessedEnvelopeRow;
-use ponix_writer::store::{ErrorClass, Store};
+use ponix_writer::store::{ErrorClass, Store, classify_server_text};
 use prost::Message as _;
 use serde::Deserialize;
 use support::migrations::{files as migration_files, rebuilds, up_statements, version_of};
@@ -28,6 +29,7 @@ testkit::integration_tests!(
     goose_migrations_apply_roll_back_and_match_the_schema_snapshot,
     a_writer_inserting_during_the_newest_migration_loses_no_row,
     rebuild_migrations_killed_after_any_statement_and_run_again_lose_no_row,
+    an_insert_running_when_a_rebuild_guards_the_table_is_not_lost,
 );
 
 /// A fixed name, so that it does not vary in the snapshot; the database is
@@ -313,6 +315,82 @@ async fn rebuild_migrations_killed_after_any_statement_and_run_again_lose_no_row
         "found {} rebuild migrations, expected two",
         rebuilds.len()
     );
+    Ok(())
+}
+
+/// The guard refuses INSERTs that start after it, not one already running: that one was
+/// checked against the old columns and could commit after the copy read the table
+/// (measured on ClickHouse 26.9: without a barrier its rows were gone). Here a slow
+/// INSERT, naming every column as the writer does, is running into the rebuilt table
+/// of a run killed after its EXCHANGE when the file runs again. Either it is
+/// cancelled, with an error the writer retries, or its rows are in the final table.
+async fn an_insert_running_when_a_rebuild_guards_the_table_is_not_lost(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "migrations_insert_in_flight";
+    const ROWS: u64 = 30;
+    let rebuild = rebuilds(&endpoints.migrations_dir)?
+        .pop()
+        .context("no rebuild migration")?;
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let client = support::clickhouse(&endpoints, DATABASE);
+    Goose::new(&endpoints, DATABASE)?.run(&["up-to", &rebuild.previous])?;
+    for statement in &rebuild.statements[..rebuild.exchange()] {
+        client.query(statement).execute().await?;
+    }
+
+    // One row per block and a pause per row: it runs for about 3 s.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query(&format!(
+                    "INSERT INTO processed_envelopes \
+                     (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence) \
+                     SELECT 'in-flight', concat('in-flight-', toString(number)), \
+                            toDateTime(1700000000, 'UTC'), toDateTime(1700000000, 'UTC'), '{{}}', number + 1 \
+                     FROM numbers({ROWS}) WHERE sleepEachRow(0.1) = 0 SETTINGS max_block_size = 1"
+                ))
+                .execute()
+                .await
+        })
+    };
+    support::wait_for("the slow INSERT running", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let running = client
+                .query(
+                    "SELECT count() FROM system.processes WHERE query_kind = 'Insert' \
+                     AND query LIKE '%in-flight%'",
+                )
+                .fetch_one::<u64>()
+                .await?;
+            Ok(if running > 0 { Ok(()) } else { Err(running) })
+        }
+    })
+    .await?;
+    for statement in &rebuild.statements {
+        client.query(statement).execute().await?;
+    }
+    let inserted = slow.await.context("the slow INSERT's task")?;
+    let stored = client
+        .query("SELECT count() FROM processed_envelopes FINAL WHERE organization_id = 'in-flight'")
+        .fetch_one::<u64>()
+        .await?;
+    match inserted {
+        Ok(()) => ensure!(
+            stored == ROWS,
+            "the INSERT succeeded while the file ran, and {stored} of its {ROWS} rows are left"
+        ),
+        Err(error) => {
+            let (class, code) = classify_server_text(&error.to_string());
+            ensure!(
+                class == ErrorClass::Retryable,
+                "the INSERT failed as {class:?} (code {code:?}), not as an error the writer retries: {error}"
+            );
+            ensure!(stored == 0, "a failed INSERT left {stored} rows");
+        }
+    }
     Ok(())
 }
 
