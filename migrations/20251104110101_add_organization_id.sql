@@ -5,28 +5,56 @@
 -- EXCHANGE TABLES (Atomic database engine, the default since ClickHouse 20.10),
 -- drop the swapped-out copy.
 --
--- ClickHouse has no transactions and goose records a version only after all of
--- its statements succeeded, so a failed run leaves some statements applied and
--- the next run starts again from the top. Every statement below is written so
--- that re-running the whole file from ANY intermediate state is correct and
--- never loses rows:
+-- Re-runnable from any point. ClickHouse has no transactions and goose records a
+-- version only after all of its statements succeeded, so a run killed after any
+-- statement leaves the ones before it applied and the next `up` starts again from
+-- the top. ClickHouse DDL has no conditional form (an EXCHANGE cannot be skipped
+-- when it already happened), so instead of detecting how far it got, the file
+-- repeats the whole rebuild under a guard that makes every prefix safe:
 --
--- * The original table is never dropped: it is only ever replaced by EXCHANGE,
---   which is atomic. So processed_envelopes always holds all the rows, and
---   processed_envelopes_new is always disposable when the file starts.
--- * organization_id is first added to the source table (IF NOT EXISTS; a cheap
---   metadata-only change, existing rows read as ''). The copy can then name the
---   same five columns whether the source still has the old layout or the swap
---   already happened, so a re-run after the swap copies the migrated table onto
---   itself instead of blanking organization_id.
+-- * The guard: before anything is copied, organization_id in processed_envelopes
+--   is MATERIALIZED. An INSERT may not name a MATERIALIZED column, so a writer that
+--   sends organization_id (ponix-writer does) is refused with ILLEGAL_COLUMN, a
+--   schema error it retries without using up deliveries, and nothing it sends can
+--   land in the table after the copy started. The first statement adds the column
+--   that way (existing rows read as ''); the second makes it so when the column is
+--   already there, which is the case on a re-run after the swap, when
+--   processed_envelopes is the rebuilt table and writers were inserting into it
+--   again. Stored values stay as they are: MATERIALIZED only applies to rows that
+--   do not have the column.
+-- * Then KILL QUERY ... SYNC waits for (or cancels) the INSERTs into the table that
+--   began before the guard, which were checked against the old columns and could
+--   otherwise commit after the copy read the table. A cancelled INSERT fails with
+--   QUERY_WAS_CANCELLED, which the writer retries. The migrating user must be
+--   allowed to kill the writer's queries: it is the same user unless
+--   PONIX_CLICKHOUSE_GOOSE_DSN names another.
+-- * processed_envelopes is never dropped, only replaced by EXCHANGE, which is
+--   atomic. So it always holds every row, and processed_envelopes_new, whenever
+--   the file drops it, is either an unfinished copy or the swapped-out table,
+--   which refused every insert from the moment its rows were copied.
+-- * The copy names the same five columns whether or not the swap already
+--   happened, so a re-run copies the rebuilt table onto itself with its values.
+-- * The rebuilt table is created with a plain organization_id: once it is swapped
+--   in, writers insert again.
 --
--- Operational note: stop every other writer of processed_envelopes while this
--- runs (ponix-writer itself migrates before it consumes anything); rows written
--- between the copy and the swap would end up in the dropped table.
+-- Operational note: writers that do not send organization_id (versions before it
+-- existed) are not refused; stop them while this runs.
 
 -- +goose Up
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS organization_id String FIRST;
+ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS organization_id String MATERIALIZED '' FIRST;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+ALTER TABLE processed_envelopes MODIFY COLUMN organization_id String MATERIALIZED '';
+-- +goose StatementEnd
+
+-- An INSERT that began before the guard was checked against the old columns and
+-- may still be running: it would commit after the copy read the table. Wait for it
+-- (or cancel it; the writer retries a cancelled INSERT) before copying.
+-- +goose StatementBegin
+KILL QUERY WHERE query_kind = 'Insert' AND current_database = currentDatabase()
+    AND match(lower(query), '\\bprocessed_envelopes\\b') SYNC;
 -- +goose StatementEnd
 
 -- +goose StatementBegin

@@ -20,26 +20,60 @@
 -- with the same organization, device and second are never merged.
 --
 -- The rebuild follows the previous migration's pattern (copy, EXCHANGE, drop)
--- and is safe to re-run from any intermediate state: the column is first added
--- to the source (IF NOT EXISTS, reads as 0 for old rows), so the copy names the
--- same six columns whether or not the swap already happened, and rows that
--- already have a sequence (or a stand-in) keep it.
+-- and, like it, is re-runnable from any point: a run killed after any statement,
+-- with writers inserting throughout, loses no row when `up` runs again. Rather
+-- than detect how far a killed run got (ClickHouse DDL has no conditional form,
+-- and an EXCHANGE that already happened cannot be skipped), the file repeats the
+-- whole rebuild under a guard that makes every prefix safe:
 --
--- The source gets it as a MATERIALIZED column, which an INSERT may not name: a
--- ponix-writer still running while this migrates (it sends stream_sequence) is
--- refused with ILLEGAL_COLUMN, a schema error it NAKs and retries, until the
--- EXCHANGE puts the new table in place. With a plain column its INSERTs would
--- succeed, and the rows committed between the copy and the swap would be dropped
--- with the old table after their messages were acked (the schema-drift drill saw
--- it; migrations.rs replays this file statement by statement to prove it cannot
--- happen). After the swap the column is a plain one, and IF NOT EXISTS leaves it so.
+-- * The guard: before anything is copied, stream_sequence in processed_envelopes
+--   is MATERIALIZED. An INSERT may not name a MATERIALIZED column, so a running
+--   ponix-writer (it sends stream_sequence) is refused with ILLEGAL_COLUMN, a
+--   schema error it NAKs and retries, until the EXCHANGE puts the rebuilt table in
+--   place. Without it, rows committed between the copy and the swap would be
+--   dropped with the old table after their messages were acked (the schema-drift
+--   drill saw it with a plain column).
+--   The first statement adds the column that way (old rows read as 0); the second
+--   makes it so when the column is already there: on a re-run after the swap,
+--   processed_envelopes is the rebuilt table, writers have been inserting into it,
+--   and without the guard the rows they commit during the re-run's copy would be
+--   dropped with it. Stored values stay as they are: MATERIALIZED only applies to
+--   rows that do not have the column.
+-- * Then KILL QUERY ... SYNC waits for (or cancels) the INSERTs into the table that
+--   began before the guard, which were checked against the old columns and could
+--   otherwise commit after the copy read the table. A cancelled INSERT fails with
+--   QUERY_WAS_CANCELLED, which the writer retries. The migrating user must be
+--   allowed to kill the writer's queries: it is the same user unless
+--   PONIX_CLICKHOUSE_GOOSE_DSN names another.
+-- * processed_envelopes is never dropped, only replaced by EXCHANGE, which is
+--   atomic. So it always holds every row, and processed_envelopes_new, whenever
+--   the file drops it, is either an unfinished copy or the swapped-out table,
+--   which refused every insert from the moment its rows were copied.
+-- * The copy names the same six columns whether or not the swap already
+--   happened, and rows that already have a sequence (or a stand-in) keep it, so a
+--   re-run copies the rebuilt table onto itself unchanged.
+-- * The rebuilt table is created with a plain stream_sequence: once it is swapped
+--   in, writers insert again.
 --
 -- Operational note: writers that do not send stream_sequence (older versions)
--- are not refused; stop them while this runs.
+-- are not refused; stop them while this runs. ponix-writer takes a lease before
+-- it runs goose, so replicas starting together migrate one at a time.
 
 -- +goose Up
 -- +goose StatementBegin
 ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS stream_sequence UInt64 MATERIALIZED 0;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+ALTER TABLE processed_envelopes MODIFY COLUMN stream_sequence UInt64 MATERIALIZED 0;
+-- +goose StatementEnd
+
+-- An INSERT that began before the guard was checked against the old columns and
+-- may still be running: it would commit after the copy read the table. Wait for it
+-- (or cancel it; the writer retries a cancelled INSERT) before copying.
+-- +goose StatementBegin
+KILL QUERY WHERE query_kind = 'Insert' AND current_database = currentDatabase()
+    AND match(lower(query), '\\bprocessed_envelopes\\b') SYNC;
 -- +goose StatementEnd
 
 -- +goose StatementBegin

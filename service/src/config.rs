@@ -225,6 +225,8 @@ pub struct MigrationsConfig {
     /// Overrides the DSN derived from the ClickHouse URL and credentials.
     pub dsn_override: Option<Secret>,
     pub timeout: Duration,
+    /// How long the migration lease outlives a holder that stopped renewing it.
+    pub lease_ttl: Duration,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,6 +479,11 @@ vars! {
     CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS: "PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS", Value("120"),
         Seconds { min: 1.0, max: 3600.0 }, false,
         "Longest time goose may run before it is stopped.";
+    CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS: "PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS", Value("30"),
+        Seconds { min: 3.0, max: 3600.0 }, false,
+        "How long the migration lease (JetStream key-value bucket ponix_writer_migrations) \
+         outlives a holder that stopped renewing it. Replicas migrate one at a time; the others \
+         wait up to the migrations timeout plus this for the lease.";
     LOG_LEVEL: "PONIX_LOG_LEVEL", Value("info"), LogFilter, false,
         "Which log events to keep.";
     LOG_FORMAT: "PONIX_LOG_FORMAT", Value("text"), LogFormatName, false,
@@ -800,6 +807,9 @@ impl Config {
             dsn_override: r.get(&CLICKHOUSE_GOOSE_DSN, secret),
             timeout: r
                 .get(&CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS, duration)
+                .unwrap_or_default(),
+            lease_ttl: r
+                .get(&CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS, duration)
                 .unwrap_or_default(),
         };
         Config {
@@ -1405,6 +1415,7 @@ mod tests {
             ("PONIX_CLICKHOUSE_MIGRATIONS_ENABLED", "0"),
             ("PONIX_CLICKHOUSE_GOOSE_DSN", "clickhouse://x@y:9000/z"),
             ("PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS", "5"),
+            ("PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS", "9"),
             ("PONIX_LOG_LEVEL", "warn,ponix_writer=trace"),
             ("PONIX_LOG_FORMAT", "json"),
             ("PONIX_STARTUP_TIMEOUT_SECS", "1"),
@@ -1434,6 +1445,7 @@ mod tests {
         assert_eq!(c.clickhouse.insert_timeout, Duration::from_millis(250));
         assert!(c.clickhouse.async_insert);
         assert!(!c.migrations.enabled);
+        assert_eq!(c.migrations.lease_ttl, Duration::from_secs(9));
         assert_eq!(
             c.migrations.dsn_override.as_ref().map(Secret::expose),
             Some("clickhouse://x@y:9000/z")
@@ -1521,6 +1533,7 @@ mod tests {
             "PONIX_NATS_ACK_WAIT_SECS",
             "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS",
             "PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS",
+            "PONIX_CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS",
             "PONIX_STARTUP_TIMEOUT_SECS",
             "PONIX_SHUTDOWN_TIMEOUT_SECS",
         ] {

@@ -28,6 +28,9 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     clickhouse_answered: AtomicBool,
     migrations_done: AtomicBool,
+    /// What the migrations are doing while they are not done (waiting for the lease,
+    /// running goose), for `/readyz`.
+    migrations_status: Mutex<Option<String>>,
     /// The stream, the dead-letter stream and the durable consumer exist: only then
     /// does a message published now get consumed.
     consumer_ready: AtomicBool,
@@ -53,7 +56,13 @@ impl Health {
     }
 
     pub fn set_migrations_done(&self) {
+        *lock(&self.migrations_status) = None;
         self.migrations_done.store(true, Ordering::Relaxed);
+    }
+
+    /// What the migrations are doing, until they are done.
+    pub fn set_migrations_status(&self, status: String) {
+        *lock(&self.migrations_status) = Some(status);
     }
 
     pub fn set_consumer_ready(&self) {
@@ -81,7 +90,10 @@ impl Health {
             reasons.push("clickhouse: has not answered yet".to_owned());
         }
         if !self.migrations_done.load(Ordering::Relaxed) {
-            reasons.push("migrations: not done yet".to_owned());
+            match lock(&self.migrations_status).as_ref() {
+                Some(status) => reasons.push(format!("migrations: not done yet; {status}")),
+                None => reasons.push("migrations: not done yet".to_owned()),
+            }
         }
         if !self.consumer_ready.load(Ordering::Relaxed) {
             reasons.push("jetstream: stream and consumer not set up yet".to_owned());
@@ -97,11 +109,15 @@ impl Health {
     }
 
     fn lock_problem(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // A panic while holding this lock cannot leave the Option half-written.
-        self.store_problem
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.store_problem)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave an Option half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Clone)]
@@ -161,6 +177,31 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_says_what_the_migrations_are_doing() {
+        let health = Health::new();
+        health.set_migrations_status(
+            "waiting for the migration lease, held by host-a pid 7 since 2026-12-06T05:00:00Z"
+                .to_owned(),
+        );
+        let reasons = health.readiness().expect_err("not ready while waiting");
+        assert!(
+            reasons.contains(
+                &"migrations: not done yet; waiting for the migration lease, held by host-a pid 7 since 2026-12-06T05:00:00Z"
+                    .to_owned()
+            ),
+            "{reasons:?}"
+        );
+        health.set_migrations_done();
+        let reasons = health.readiness().expect_err("other conditions unmet");
+        assert!(
+            reasons
+                .iter()
+                .all(|reason| !reason.starts_with("migrations")),
+            "{reasons:?}"
+        );
+    }
 
     #[test]
     fn readiness_lists_every_missing_condition() {

@@ -11,6 +11,7 @@ pub mod envelope;
 #[doc(hidden)]
 pub mod fuzz_support;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod migrate;
 pub mod payload;

@@ -13,16 +13,31 @@
 //!
 //! A run that fails or times out may have applied part of a migration: ClickHouse
 //! has no transactions. The migrations in `migrations/` are written so that the next
-//! run completes them from any such state.
+//! run completes them from any such state, even with writers inserting meanwhile.
+//!
+//! [`run_exclusively`] runs goose only while holding the migration lease (see
+//! [`crate::lease`]), keyed by the ClickHouse database: goose has no lock of its own
+//! for ClickHouse, and two runs of a rebuild migration interleaved can drop the table
+//! that holds the data. The lease's bucket must be usable by the start-up deadline,
+//! like the connections before it. A writer that finds the lease taken waits for it (the holder
+//! is logged and shown on `/readyz`) for at most the migrations timeout plus the
+//! lease TTL (the longest a live holder runs goose, plus the time a dead holder's
+//! lease takes to expire), then runs `goose up` itself: a no-op once the holder
+//! brought the schema to the target version, the rest of the work if it died.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use tokio::process::Command;
 
 use crate::config::{MigrationsConfig, Secret};
+use crate::lease::{self, Holder, LeaseConfig, LeaseError};
+
+/// The JetStream key-value bucket holding the migration lease, one key per database.
+pub const LEASE_BUCKET: &str = "ponix_writer_migrations";
 
 /// How much of goose's output an error quotes (the end, where the cause is).
 const MAX_OUTPUT_IN_ERROR: usize = 4000;
@@ -51,6 +66,60 @@ pub enum MigrateError {
     Wait(#[source] io::Error),
     #[error("goose failed ({status}): {output}")]
     Failed { status: String, output: String },
+    #[error("migration lease: {0}")]
+    Lease(#[from] LeaseError),
+}
+
+/// What [`run_exclusively`] is doing, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Another writer holds the lease.
+    WaitingForLease(Holder),
+    /// This writer holds the lease and runs goose.
+    Migrating,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::WaitingForLease(holder) => {
+                write!(f, "waiting for the migration lease, held by {holder}")
+            }
+            Progress::Migrating => f.write_str("running goose under the migration lease"),
+        }
+    }
+}
+
+/// [`run`] while holding the migration lease for `database`: at most one writer
+/// migrates a database at a time. The lease bucket must be usable by
+/// `startup_deadline`; `progress` is told who holds the lease while this writer waits
+/// for it, and when it runs goose.
+pub async fn run_exclusively(
+    config: &MigrationsConfig,
+    js: &jetstream::Context,
+    database: &str,
+    startup_deadline: tokio::time::Instant,
+    dsn: &Secret,
+    secrets: &[&str],
+    mut progress: impl FnMut(Progress),
+) -> Result<(), MigrateError> {
+    if !config.enabled {
+        return run(config, dsn, secrets).await;
+    }
+    let lease_config = LeaseConfig {
+        bucket: LEASE_BUCKET.to_owned(),
+        key: database.to_owned(),
+        ttl: config.lease_ttl,
+    };
+    let bucket = lease::Bucket::open(js, &lease_config, startup_deadline).await?;
+    let deadline = tokio::time::Instant::now() + config.timeout + config.lease_ttl;
+    let held = bucket
+        .acquire(&lease::this_process(), deadline, |holder| {
+            progress(Progress::WaitingForLease(holder.clone()))
+        })
+        .await?;
+    progress(Progress::Migrating);
+    held.run(run(config, dsn, secrets)).await?
 }
 
 /// Runs `goose up` unless migrations are disabled. `dsn` is the goose/clickhouse-go
@@ -261,6 +330,7 @@ mod tests {
             goose_binary: PathBuf::from(binary),
             dsn_override: None,
             timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 

@@ -6,7 +6,8 @@
 //!    writer is waiting for, even during a long migration);
 //! 2. connect to NATS and ping ClickHouse, concurrently, retrying until the start-up
 //!    timeout;
-//! 3. run the migrations (nothing has been consumed yet; a failure ends the process);
+//! 3. run the migrations under the migration lease, waiting for it while another
+//!    replica holds it (nothing has been consumed yet; a failure ends the process);
 //! 4. clear clickhouse-rs' cached table schemas, which the migrations may have changed;
 //! 5. ensure the streams and the durable consumer (see [`crate::streams`]: a stream
 //!    that would reuse stored sequences, or a consumer whose AckWait or MaxDeliver
@@ -174,18 +175,22 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
              make sure the configured table exists with the same schema"
         );
     }
+    let js = jetstream::new(nats.clone());
     let dsn = config.goose_dsn();
-    migrate::run(
+    migrate::run_exclusively(
         &config.migrations,
+        &js,
+        &config.clickhouse.database,
+        deadline,
         &dsn,
         &[config.clickhouse.password.expose()],
+        |progress| health.set_migrations_status(progress.to_string()),
     )
     .await
     .context("migrations failed; nothing was consumed")?;
     store.clear_cached_metadata().await;
     health.set_migrations_done();
 
-    let js = jetstream::new(nats.clone());
     let pull = streams::ensure(&js, &config.nats, &store)
         .await
         .context("setting up the stream, the dead-letter stream and the durable consumer")?;

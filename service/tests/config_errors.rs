@@ -646,11 +646,14 @@ fn both_unreachable_fails_within_the_start_up_timeout() {
     );
 }
 
-/// Past the connections, goose runs with the DSN (password included) in its environment
-/// and fails, printing it: the writer's error quotes goose's output without the secrets.
+/// Past the connections, the writer needs the migration lease before goose may run: a
+/// NATS without JetStream (this fake answers no request) fails start-up within the
+/// start-up timeout, naming the lease and what the NATS user needs, without the
+/// secrets; goose never runs. (A failing goose under the lease is in `lease.rs`, which
+/// has a real JetStream.)
 #[cfg(unix)]
 #[test]
-fn a_failing_migration_is_reported_without_the_secrets() {
+fn a_migration_lease_that_cannot_be_taken_is_reported_without_the_secrets() {
     let nats = FakeNats::start();
     let clickhouse = FakeClickHouse::start();
     let dir = TempDir::new("goose");
@@ -676,8 +679,12 @@ fn a_failing_migration_is_reported_without_the_secrets() {
     assert_failed_cleanly(&output, elapsed);
     let message = failure_message(&output);
     assert!(message.contains("migrations failed"), "{message}");
-    assert!(message.contains("goose failed"), "{message}");
-    assert!(message.contains("boom"), "{message}");
+    assert!(message.contains("migration lease"), "{message}");
+    assert!(message.contains("JetStream access"), "{message}");
+    assert!(
+        !message.contains("boom"),
+        "goose ran without the lease: {message}"
+    );
 }
 
 /// A directory removed on drop.

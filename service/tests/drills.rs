@@ -18,6 +18,8 @@
 //! `cargo test` lists them as ignored, since they take minutes. `PONIX_DRILL_MESSAGES`
 //! sets N (default 10,000).
 
+#[path = "drills/migration_scenarios.rs"]
+mod migration_scenarios;
 #[path = "drills/plan.rs"]
 mod plan;
 #[path = "drills/report.rs"]
@@ -62,6 +64,12 @@ const DRILLS: &[(&str, Drill)] = &[
     ("backlog", |n| Box::pin(scenarios::backlog(n))),
     ("long-outage", |n| Box::pin(scenarios::long_outage(n))),
     ("replicas", |n| Box::pin(scenarios::replicas(n))),
+    ("rolling-migration", |n| {
+        Box::pin(migration_scenarios::rolling_migration(n))
+    }),
+    ("migration-crash", |n| {
+        Box::pin(migration_scenarios::migration_crash(n))
+    }),
 ];
 
 fn main() -> ExitCode {

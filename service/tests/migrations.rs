@@ -1,21 +1,25 @@
 //! Migration checks with goose against the real ClickHouse engine (`cargo xtask
 //! e2e` runs this binary as its own step): `up` on an empty database, `up` again
 //! is a no-op, `status` lists every file as applied, `down-to 0` then `up`
-//! restores the same schema, and that schema matches the snapshot; and a writer
-//! inserting while the newest migration runs loses no row.
+//! restores the same schema, and that schema matches the snapshot; a writer
+//! inserting while the newest migration runs loses no row; and every rebuild
+//! migration, killed after any statement and run again with a writer inserting
+//! throughout, loses no row and ends in the same schema.
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use clickhouse::{Client, Row};
 use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::row::ProcessedEnvelopeRow;
-use ponix_writer::store::{ErrorClass, Store};
+use ponix_writer::store::{ErrorClass, Store, classify_server_text};
 use prost::Message as _;
 use serde::Deserialize;
+use support::migrations::{files as migration_files, rebuilds, up_statements, version_of};
 use support::writer_config;
 use testkit::Endpoints;
 
@@ -24,6 +28,8 @@ testkit::integration_tests!(
     the_goose_sql_check_rejects_broken_files,
     goose_migrations_apply_roll_back_and_match_the_schema_snapshot,
     a_writer_inserting_during_the_newest_migration_loses_no_row,
+    rebuild_migrations_killed_after_any_statement_and_run_again_lose_no_row,
+    an_insert_running_when_a_rebuild_guards_the_table_is_not_lost,
 );
 
 /// A fixed name, so that it does not vary in the snapshot; the database is
@@ -79,16 +85,6 @@ async fn the_goose_sql_check_rejects_broken_files(_: Endpoints) -> anyhow::Resul
         );
     }
     Ok(())
-}
-
-fn migration_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .map(|entry| entry.map(|entry| entry.path()))
-        .collect::<Result<_, _>>()?;
-    files.retain(|path| path.extension().is_some_and(|ext| ext == "sql"));
-    files.sort();
-    Ok(files)
 }
 
 /// goose's rules: a version prefix, exactly one Up then one Down annotation,
@@ -262,6 +258,263 @@ async fn a_writer_inserting_during_the_newest_migration_loses_no_row(
     Ok(())
 }
 
+/// A rebuild migration (copy, EXCHANGE, drop) killed after statement k, for every k,
+/// then run again from the top, as goose does (it records a version only after the
+/// whole file), with a writer inserting through the writer's `Store` before every
+/// statement of both runs, then `goose up`. Rows that were in the table before and
+/// every row ClickHouse accepted must be there at the end, each with the stream
+/// sequence it was inserted with; every refusal must be a schema error the writer
+/// retries; and the schema must be the one a plain `up` makes.
+async fn rebuild_migrations_killed_after_any_statement_and_run_again_lose_no_row(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let reference = {
+        const REFERENCE: &str = "migrations_rerun_reference";
+        support::fresh_database(&endpoints, REFERENCE).await?;
+        Goose::new(&endpoints, REFERENCE)?.run(&["up"])?;
+        schema(&support::clickhouse(&endpoints, REFERENCE))
+            .await?
+            .replace(REFERENCE, "DATABASE")
+    };
+    let rebuilds = rebuilds(&endpoints.migrations_dir)?;
+    for rebuild in &rebuilds {
+        let statements = &rebuild.statements;
+        for killed_after in 1..=statements.len() {
+            let database = format!("migrations_rerun_{}_{killed_after}", rebuild.version);
+            let context = || {
+                format!(
+                    "{} killed after statement {killed_after} of {}",
+                    rebuild.file.display(),
+                    statements.len()
+                )
+            };
+            rerun_after_kill(
+                &endpoints,
+                &database,
+                &rebuild.previous,
+                statements,
+                killed_after,
+            )
+            .await
+            .with_context(context)?;
+            let client = support::clickhouse(&endpoints, &database);
+            let migrated = schema(&client).await?.replace(&database, "DATABASE");
+            ensure!(
+                migrated == reference,
+                "{}: the schema differs from a plain `up`:\n{migrated}\nvs\n{reference}",
+                context()
+            );
+            client
+                .query(&format!("DROP DATABASE {database}"))
+                .execute()
+                .await?;
+        }
+    }
+    ensure!(
+        rebuilds.len() >= 2,
+        "found {} rebuild migrations, expected two",
+        rebuilds.len()
+    );
+    Ok(())
+}
+
+/// The guard refuses INSERTs that start after it, not one already running: that one was
+/// checked against the old columns and could commit after the copy read the table
+/// (measured on ClickHouse 26.9: without a barrier its rows were gone). Here a slow
+/// INSERT, naming every column as the writer does, is running into the rebuilt table
+/// of a run killed after its EXCHANGE when the file runs again. Either it is
+/// cancelled, with an error the writer retries, or its rows are in the final table.
+async fn an_insert_running_when_a_rebuild_guards_the_table_is_not_lost(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    const DATABASE: &str = "migrations_insert_in_flight";
+    const ROWS: u64 = 30;
+    let rebuild = rebuilds(&endpoints.migrations_dir)?
+        .pop()
+        .context("no rebuild migration")?;
+    support::fresh_database(&endpoints, DATABASE).await?;
+    let client = support::clickhouse(&endpoints, DATABASE);
+    Goose::new(&endpoints, DATABASE)?.run(&["up-to", &rebuild.previous])?;
+    for statement in &rebuild.statements[..rebuild.exchange()] {
+        client.query(statement).execute().await?;
+    }
+
+    // One row per block and a pause per row: it runs for about 3 s.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query(&format!(
+                    "INSERT INTO processed_envelopes \
+                     (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence) \
+                     SELECT 'in-flight', concat('in-flight-', toString(number)), \
+                            toDateTime(1700000000, 'UTC'), toDateTime(1700000000, 'UTC'), '{{}}', number + 1 \
+                     FROM numbers({ROWS}) WHERE sleepEachRow(0.1) = 0 SETTINGS max_block_size = 1"
+                ))
+                .execute()
+                .await
+        })
+    };
+    support::wait_for("the slow INSERT running", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let running = client
+                .query(
+                    "SELECT count() FROM system.processes WHERE query_kind = 'Insert' \
+                     AND query LIKE '%in-flight%'",
+                )
+                .fetch_one::<u64>()
+                .await?;
+            Ok(if running > 0 { Ok(()) } else { Err(running) })
+        }
+    })
+    .await?;
+    for statement in &rebuild.statements {
+        client.query(statement).execute().await?;
+    }
+    let inserted = slow.await.context("the slow INSERT's task")?;
+    let stored = client
+        .query("SELECT count() FROM processed_envelopes FINAL WHERE organization_id = 'in-flight'")
+        .fetch_one::<u64>()
+        .await?;
+    match inserted {
+        Ok(()) => ensure!(
+            stored == ROWS,
+            "the INSERT succeeded while the file ran, and {stored} of its {ROWS} rows are left"
+        ),
+        Err(error) => {
+            let (class, code) = classify_server_text(&error.to_string());
+            ensure!(
+                class == ErrorClass::Retryable,
+                "the INSERT failed as {class:?} (code {code:?}), not as an error the writer retries: {error}"
+            );
+            ensure!(stored == 0, "a failed INSERT left {stored} rows");
+        }
+    }
+    Ok(())
+}
+
+/// Rows in the table before the migration, written as the previous version's writer
+/// did: two with the same device and second, which must stay two rows.
+const OLD_ROWS: &str = "INSERT INTO processed_envelopes (end_device_id, occurred_at, processed_at, data) \
+     VALUES ('old-row', 1600000000, 1600000000, '{}'), ('old-row', 1600000000, 1600000000, '{\"b\":1}')";
+
+async fn rerun_after_kill(
+    endpoints: &Endpoints,
+    database: &str,
+    previous_version: &str,
+    statements: &[String],
+    killed_after: usize,
+) -> anyhow::Result<()> {
+    support::fresh_database(endpoints, database).await?;
+    let client = support::clickhouse(endpoints, database);
+    let goose = Goose::new(endpoints, database)?;
+    goose.run(&["up-to", previous_version])?;
+    client.query(OLD_ROWS).execute().await?;
+    let mut writer = LiveWriter::new(endpoints, database)?;
+
+    let run = |count: usize| &statements[..count];
+    for (pass, statements) in [
+        ("killed run", run(killed_after)),
+        ("re-run", run(statements.len())),
+    ] {
+        for (step, statement) in statements.iter().enumerate() {
+            writer.insert().await?;
+            client
+                .query(statement)
+                .execute()
+                .await
+                .with_context(|| format!("{pass}, statement {}", step + 1))?;
+        }
+    }
+    writer.insert().await?;
+    goose.run(&["up"])?;
+    ensure!(
+        writer.insert().await?,
+        "the writer cannot insert after `goose up`"
+    );
+
+    #[derive(Row, Deserialize)]
+    struct Stored {
+        end_device_id: String,
+        stream_sequence: u64,
+    }
+    let stored = client
+        .query("SELECT end_device_id, stream_sequence FROM processed_envelopes FINAL")
+        .fetch_all::<Stored>()
+        .await?;
+    let old = stored
+        .iter()
+        .filter(|row| row.end_device_id == "old-row")
+        .count();
+    ensure!(
+        old == 2,
+        "{old} of the 2 rows that predate the migration are left"
+    );
+    let lost: Vec<&(String, u64)> = writer
+        .accepted
+        .iter()
+        .filter(|(device, sequence)| {
+            !stored
+                .iter()
+                .any(|row| &row.end_device_id == device && row.stream_sequence == *sequence)
+        })
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "accepted rows gone or with another stream_sequence: {lost:?} (accepted {:?})",
+        writer.accepted
+    );
+    Ok(())
+}
+
+/// Inserts one row at a time through the writer's `Store`, as a writer running during
+/// the migration would, and remembers what ClickHouse accepted.
+struct LiveWriter {
+    store: Store,
+    next: u64,
+    /// (device, stream sequence) of every accepted row.
+    accepted: Vec<(String, u64)>,
+}
+
+impl LiveWriter {
+    fn new(endpoints: &Endpoints, database: &str) -> anyhow::Result<LiveWriter> {
+        Ok(LiveWriter {
+            store: Store::new(&writer_config(endpoints, database)?.clickhouse),
+            next: 1,
+            accepted: Vec::new(),
+        })
+    }
+
+    /// `Ok(true)` if the row was accepted, `Ok(false)` if refused with a schema error
+    /// the writer retries; any other refusal is an error.
+    async fn insert(&mut self) -> anyhow::Result<bool> {
+        let sequence = self.next;
+        self.next += 1;
+        let device = format!("live-writer-{sequence}");
+        match self
+            .store
+            .insert_batch(&[writer_row(&device, sequence)?])
+            .await
+        {
+            Ok(()) => {
+                self.accepted.push((device, sequence));
+                Ok(true)
+            }
+            Err(error) => {
+                ensure!(
+                    error.class() == ErrorClass::Destination,
+                    "insert {sequence} failed as {:?}, not as a schema error the writer \
+                     retries: {error}",
+                    error.class()
+                );
+                self.store.clear_cached_metadata().await;
+                Ok(false)
+            }
+        }
+    }
+}
+
 /// A row as the writer builds it (through the envelope decoder).
 fn writer_row(device: &str, stream_sequence: u64) -> anyhow::Result<ProcessedEnvelopeRow> {
     let at = Some(prost_types::Timestamp {
@@ -278,26 +531,6 @@ fn writer_row(device: &str, stream_sequence: u64) -> anyhow::Result<ProcessedEnv
     .encode_to_vec();
     let valid = envelope::decode(&bytes).map_err(|invalid| anyhow::anyhow!("{invalid}"))?;
     Ok(ProcessedEnvelopeRow::new(valid, stream_sequence))
-}
-
-/// The goose version of a migration file: the digits before the first `_`.
-fn version_of(file: &Path) -> anyhow::Result<String> {
-    file.file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| name.split_once('_'))
-        .map(|(version, _)| version.to_owned())
-        .with_context(|| format!("no version in {}", file.display()))
-}
-
-/// The Up section's statements, each without its goose annotations.
-fn up_statements(text: &str) -> Vec<String> {
-    let up = text.split_once("-- +goose Up").map_or("", |(_, rest)| rest);
-    let up = up.split_once("-- +goose Down").map_or(up, |(up, _)| up);
-    up.split("-- +goose StatementBegin")
-        .skip(1)
-        .filter_map(|block| block.split_once("-- +goose StatementEnd"))
-        .map(|(statement, _)| statement.trim().trim_end_matches(';').to_owned())
-        .collect()
 }
 
 /// `SHOW CREATE TABLE`, the table's engine and keys, and its columns: everything

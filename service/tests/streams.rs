@@ -424,7 +424,7 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
 async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    let (names, js, writer) = start_fresh("running", &endpoints).await?;
+    let (names, js, mut writer) = start_fresh("running", &endpoints).await?;
     names.publish(&js, &["a1", "a2"]).await?;
     names.wait_rows(&endpoints, 2).await?;
 

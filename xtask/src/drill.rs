@@ -29,6 +29,8 @@ pub const DRILLS: &[&str] = &[
     "backlog",
     "long-outage",
     "replicas",
+    "rolling-migration",
+    "migration-crash",
 ];
 
 /// Envelopes per drill unless `--messages` says otherwise (the drills' own default).

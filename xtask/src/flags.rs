@@ -24,7 +24,7 @@ xflags::xflags! {
 
         /// Run the failure drills, each against a NATS and ClickHouse of its own, and print their table.
         cmd drill {
-            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, or all.
+            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, rolling-migration, migration-crash, or all.
             required name: String
             /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
             optional --messages messages: u64

@@ -40,6 +40,14 @@ pub const HEADER_DRILL_ID: &str = "Drill-Id";
 /// The last migration before the one that added `stream_sequence`: schema-drift starts
 /// the table there, so that the writer's row has a column the table lacks.
 pub const VERSION_BEFORE_STREAM_SEQUENCE: &str = "20251104110101";
+/// The first migration: the table before either rebuild.
+pub const FIRST_VERSION: &str = "20251026224743";
+
+/// Rows a drill puts in the table before the writer starts (see [`Rig::prefill`]) have
+/// device ids with this prefix; the counts of published messages leave them out.
+const PREFILL_PREFIX: &str = "prefill-";
+/// The condition that leaves pre-filled rows out of a count.
+const PUBLISHED_ROWS: &str = "NOT startsWith(end_device_id, 'prefill-')";
 
 pub struct Rig {
     pub name: &'static str,
@@ -52,6 +60,8 @@ pub struct Rig {
     /// The writer's log, shared by all its incarnations.
     pub log: PathBuf,
     pub progress: Arc<Progress>,
+    /// Rows put in the table before the drill began, which must all be there at the end.
+    prefilled: u64,
     monitor: Option<JoinHandle<()>>,
 }
 
@@ -184,6 +194,7 @@ impl Rig {
             vars,
             log,
             progress: Arc::default(),
+            prefilled: 0,
             monitor: None,
         };
         match schema {
@@ -283,9 +294,28 @@ impl Rig {
             .with_context(|| format!("running {sql}"))
     }
 
-    /// Rows in the table, copies included.
+    /// Rows of published messages in the table, copies included.
     pub async fn rows(&self) -> anyhow::Result<u64> {
-        self.number(&format!("SELECT count() FROM {TABLE}")).await
+        self.number(&format!(
+            "SELECT count() FROM {TABLE} WHERE {PUBLISHED_ROWS}"
+        ))
+        .await
+    }
+
+    /// Puts `rows` rows in the table as an older writer would have (the columns every
+    /// version has), spread over a few partitions. The report checks they all survive.
+    pub async fn prefill(&mut self, rows: u64) -> anyhow::Result<()> {
+        self.execute(&format!(
+            "INSERT INTO {TABLE} (end_device_id, occurred_at, processed_at, data) \
+             SELECT concat('{PREFILL_PREFIX}', toString(number)), \
+                    toDateTime(1700000000 + number * 97, 'UTC'), \
+                    toDateTime(1700000000 + number * 97, 'UTC'), '{{}}' \
+             FROM numbers({rows})"
+        ))
+        .await
+        .context("pre-filling the table")?;
+        self.prefilled += rows;
+        Ok(())
     }
 
     /// Starts polling the row count into `progress.rows`.
@@ -295,7 +325,9 @@ impl Rig {
         self.monitor = Some(tokio::spawn(async move {
             while !progress.stop.load(Ordering::Relaxed) {
                 let query = ch
-                    .query(&format!("SELECT count() FROM {TABLE}"))
+                    .query(&format!(
+                        "SELECT count() FROM {TABLE} WHERE {PUBLISHED_ROWS}"
+                    ))
                     .fetch_one::<u64>();
                 if let Ok(Ok(rows)) = tokio::time::timeout(Duration::from_secs(2), query).await {
                     progress.rows.store(rows, Ordering::Relaxed);
@@ -370,7 +402,8 @@ impl Rig {
         let query = self
             .ch
             .query(&format!(
-                "SELECT toUInt64(data.id) AS id, count() AS copies FROM {TABLE} FINAL GROUP BY id"
+                "SELECT toUInt64(data.id) AS id, count() AS copies FROM {TABLE} FINAL \
+                 WHERE {PUBLISHED_ROWS} GROUP BY id"
             ))
             .fetch_all::<Copies>();
         let stored = tokio::time::timeout(QUERY_TIMEOUT, query)
@@ -386,8 +419,16 @@ impl Rig {
             .await?;
         let rows_after_merge = self.rows().await?;
 
+        let prefilled_left = if self.prefilled > 0 {
+            self.number(&format!(
+                "SELECT count() FROM {TABLE} WHERE NOT ({PUBLISHED_ROWS})"
+            ))
+            .await?
+        } else {
+            0
+        };
         let dead_letters = self.dead_letters().await?;
-        Ok(Report::new(
+        let mut report = Report::new(
             self.name,
             plan,
             &stored,
@@ -396,7 +437,15 @@ impl Rig {
             rows_after_merge,
             metrics,
             drain,
-        ))
+        );
+        report.require(
+            prefilled_left == self.prefilled,
+            format!(
+                "{prefilled_left} of the {} rows that were in the table before are left",
+                self.prefilled
+            ),
+        );
+        Ok(report)
     }
 
     /// Every message on the dead-letter stream.

@@ -18,10 +18,10 @@ use crate::trap::{Cut, InsertTrap};
 use crate::writer::{Metrics, Writer, names};
 
 /// The longest wait for a fault's precondition (rows stored, failures seen).
-const FAULT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const FAULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The longest wait for the drain: generous, for a loaded two-core machine.
-fn drain_timeout(published: u64) -> Duration {
+pub fn drain_timeout(published: u64) -> Duration {
     Duration::from_secs(180 + published / 400)
 }
 
@@ -32,7 +32,7 @@ fn thirds(messages: u64) -> [std::ops::RangeInclusive<u64>; 3] {
 }
 
 /// Waits until `condition` holds for the writer's metrics, scraping them.
-async fn wait_metrics(
+pub async fn wait_metrics(
     writer: &mut Writer,
     what: &str,
     timeout: Duration,
@@ -58,7 +58,7 @@ fn failed_inserts(metrics: &Metrics) -> u64 {
     metrics.sum(names::INSERTS, "") - metrics.sum(names::INSERTS, "result=\"ok\"")
 }
 
-type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
+pub type Publishing = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// Publishing done, the consumer drained, the writer stopped with SIGTERM, and the
 /// count: the common end of every drill. `fault_over` is when the last fault ended;
@@ -74,9 +74,9 @@ async fn finish(
     finish_all(rig, plan, publishing, vec![writer], totals, fault_over).await
 }
 
-/// [`finish`] for drills that run several writers on the one durable consumer: all of
-/// them drain together, and each must exit 0 on SIGTERM.
-async fn finish_all(
+/// [`finish`] with several writers sharing the consumer: each is stopped with SIGTERM
+/// and must exit cleanly.
+pub async fn finish_all(
     rig: &mut Rig,
     plan: &Plan,
     publishing: Vec<Publishing>,
@@ -94,7 +94,7 @@ async fn finish_all(
     if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
         bail!(
             "{err:#}\nthe writers' log ends with:\n{}\n{}",
-            writers.first().map(|w| w.log_tail(40)).unwrap_or_default(),
+            process_log_tail(rig),
             rig.infra_log_tails()
         );
     }
@@ -113,6 +113,10 @@ async fn finish_all(
         );
     }
     Ok(report)
+}
+
+fn process_log_tail(rig: &Rig) -> String {
+    testkit::localenv::process::log_tail(&rig.log, 40)
 }
 
 /// clickhouse-down: ClickHouse stops mid-stream for longer than AckWait and comes back

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod migrations;
 pub mod writer;
 
 use std::future::Future;

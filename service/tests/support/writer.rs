@@ -47,6 +47,17 @@ impl WriterProcess {
         endpoints: &Endpoints,
         vars: &[(&str, String)],
     ) -> anyhow::Result<Self> {
+        let mut writer = Self::spawn(name, endpoints, vars)?;
+        writer.wait_ready().await?;
+        Ok(writer)
+    }
+
+    /// [`WriterProcess::start`] without waiting for anything.
+    pub fn spawn(
+        name: &str,
+        endpoints: &Endpoints,
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let http_port = net::free_port()?;
         let logs = Layout::workspace().logs_dir();
         std::fs::create_dir_all(&logs)?;
@@ -66,16 +77,14 @@ impl WriterProcess {
             .kill_on_drop(true)
             .spawn()
             .context("starting ponix-writer")?;
-        let mut writer = WriterProcess {
+        Ok(WriterProcess {
             child,
             http_port,
             log,
-        };
-        writer.wait_ready().await?;
-        Ok(writer)
+        })
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         wait_until_ready(
             &mut self.child,
             self.http_port,
@@ -98,12 +107,12 @@ impl WriterProcess {
         }
     }
 
-    /// Waits for the writer to exit by itself, within `timeout`.
-    pub async fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    /// Waits for the writer to exit by itself, for at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => Ok(status?),
             Err(_) => bail!(
-                "ponix-writer did not exit by itself within {timeout:?}:\n{}",
+                "ponix-writer did not exit within {timeout:?}:\n{}",
                 self.log_tail(40)
             ),
         }
@@ -111,6 +120,12 @@ impl WriterProcess {
 
     pub fn log_tail(&self, lines: usize) -> String {
         testkit::localenv::process::log_tail(&self.log, lines)
+    }
+
+    /// `/readyz`: the status and body.
+    pub fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        let response = net::http_get(self.http_port, "/readyz")?;
+        Ok((response.status, response.body))
     }
 
     /// A scrape of `/metrics`.
