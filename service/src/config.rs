@@ -420,11 +420,13 @@ vars! {
         "JetStream stream keeping the dead letters; created if missing.";
     NATS_NAK_BACKOFF_BASE_MS: "PONIX_NATS_NAK_BACKOFF_BASE_MS", Value("500"),
         Millis { min: 1, max: 600_000 }, false,
-        "Redelivery delay after the first failed insert; it doubles with each delivery (with \
-         jitter), up to PONIX_NATS_NAK_BACKOFF_MAX_MS.";
+        "Pause before the first retry of an INSERT held through an outage, and the delay of a \
+         NAK on a first delivery; it doubles with each retry or delivery (with jitter), up to \
+         PONIX_NATS_NAK_BACKOFF_MAX_MS.";
     NATS_NAK_BACKOFF_MAX_MS: "PONIX_NATS_NAK_BACKOFF_MAX_MS", Value("30000"),
         Millis { min: 1, max: 3_600_000 }, false,
-        "Longest redelivery delay. At least PONIX_NATS_NAK_BACKOFF_BASE_MS.";
+        "Longest pause between retries of a held INSERT, and longest NAK delay. At least \
+         PONIX_NATS_NAK_BACKOFF_BASE_MS.";
     NATS_STREAM_MAX_AGE_SECS: "PONIX_NATS_STREAM_MAX_AGE_SECS", Value("0"),
         WholeNumber { min: 0, max: 3_153_600_000 }, false,
         "Whole seconds a message is kept in the stream, when the writer creates it; 0 keeps \

@@ -43,6 +43,11 @@ use crate::row::ProcessedEnvelopeRow;
 /// an operator needs, and the message also travels in dead-letter headers.
 const MAX_MESSAGE_CHARS: usize = 1024;
 
+/// Where the stand-in sequences of rows stored before the table had a
+/// `stream_sequence` column begin (2^63): the migration counts them down from
+/// `u64::MAX`, and no JetStream stream gets near either.
+pub const LEGACY_SEQUENCES_FROM: u64 = 1 << 63;
+
 /// Writes rows into the configured ClickHouse table.
 #[derive(Clone)]
 pub struct Store {
@@ -109,12 +114,20 @@ impl Store {
         }
     }
 
-    /// The highest `stream_sequence` stored in the table, 0 when it is empty: a stream
-    /// the writer creates starts after it (see [`crate::streams`]). Bounded by the
-    /// insert timeout.
+    /// The highest `stream_sequence` stored in the table by a writer, 0 when there is
+    /// none: a stream the writer creates starts after it (see [`crate::streams`]).
+    /// Bounded by the insert timeout.
+    ///
+    /// Rows stored before the table had the column carry stand-ins counting down from
+    /// `u64::MAX` (see the `deduplicate_by_stream_sequence` migration), which no
+    /// JetStream stream reaches: they are left out, or a table holding any of them
+    /// would make every stream look recreated.
     pub async fn max_stream_sequence(&self) -> Result<u64, StoreError> {
         // The table name is a validated identifier (see config), so it is safe unquoted.
-        let sql = format!("SELECT max(stream_sequence) FROM {}", self.table);
+        let sql = format!(
+            "SELECT max(stream_sequence) FROM {} WHERE stream_sequence < {LEGACY_SEQUENCES_FROM}",
+            self.table
+        );
         let query = self.client.query(&sql).fetch_one::<u64>();
         match tokio::time::timeout(self.insert_timeout, query).await {
             Ok(Ok(max)) => Ok(max),

@@ -35,6 +35,7 @@ testkit::integration_tests!(
     a_stream_deleted_under_the_writer_continues_after_the_stored_sequences,
     a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed,
     a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1,
+    rows_stored_before_sequences_were_recorded_do_not_count,
     a_consumer_with_another_max_deliver_or_ack_wait_is_refused,
     the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered,
 );
@@ -414,6 +415,42 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
         log.contains("PONIX_NATS_ALLOW_SEQUENCE_REUSE=true: consuming anyway"),
         "{log}"
     );
+    Ok(())
+}
+
+/// Rows from before the table had `stream_sequence` carry stand-ins counting down
+/// from `u64::MAX` (the migration's); they are no stream's sequences, and a table
+/// holding them must not make the stream look recreated (the rolling-migration drill
+/// found that every writer refused to start on such a table).
+async fn rows_stored_before_sequences_were_recorded_do_not_count(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let (names, js, writer) = start_fresh("legacy", &endpoints).await?;
+    names.publish(&js, &["a1"]).await?;
+    names.wait_rows(&endpoints, 1).await?;
+    let (status, _) = writer_terminate(writer).await?;
+    ensure!(status.success());
+    support::clickhouse(&endpoints, &names.database)
+        .query(&format!(
+            "INSERT INTO processed_envelopes \
+             (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence) \
+             VALUES ('org-old', 'old', 1600000000, 1600000000, '{{}}', {})",
+            u64::MAX - 7
+        ))
+        .execute()
+        .await
+        .context("storing a row as the migration keeps one from before the column")?;
+
+    let writer = WriterProcess::start("streams-legacy-again", &endpoints, &names.vars(&[])).await?;
+    names.publish(&js, &["a2"]).await?;
+    let rows = names.wait_rows(&endpoints, 3).await?;
+    ensure!(
+        rows.iter()
+            .any(|(device, sequence)| device == "a2" && *sequence == 2),
+        "{rows:?}"
+    );
+    let (status, log) = writer_terminate(writer).await?;
+    ensure!(status.success(), "{log}");
     Ok(())
 }
 
