@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+from chdb_server.auth import Credentials
+from chdb_server.errors import ClickHouseError, Code
 from harness import PASSWORD
 
 
@@ -35,3 +38,33 @@ def test_authentication(ch):
         "or there is no user with such name. (AUTHENTICATION_FAILED) (version "
     )
     assert PASSWORD not in reply.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "message"),
+    [
+        ({"Authorization": "Bearer abc"}, {}, "'Bearer' HTTP Authorization scheme is not supported"),
+        ({"Authorization": "Basic not*base64"}, {}, "malformed Basic credentials"),
+        (basic("default", PASSWORD), {"password": PASSWORD}, "Authorization HTTP header and authentication via"),
+        (
+            {"X-ClickHouse-Key": PASSWORD} | basic("default", PASSWORD),
+            {},
+            "X-ClickHouse HTTP headers and Authorization HTTP header",
+        ),
+        (basic("", PASSWORD), {}, "empty user name from Authorization HTTP header"),
+        ({"X-ClickHouse-User": "default", "X-ClickHouse-Key": PASSWORD[:-1]}, {}, "password is incorrect"),
+    ],
+)
+def test_credentials_refused(headers, params, message):
+    with pytest.raises(ClickHouseError) as raised:
+        Credentials("default", PASSWORD).authenticate(headers, params)
+    assert raised.value.code == Code.AUTHENTICATION_FAILED
+    assert message in raised.value.message and PASSWORD not in raised.value.message
+    assert PASSWORD not in repr(Credentials("default", PASSWORD))
+
+
+def test_credentials_accepted():
+    credentials = Credentials("default", PASSWORD)
+    credentials.authenticate(basic("default", PASSWORD), {})  # the password holds a colon
+    credentials.authenticate({}, {"user": "default", "password": PASSWORD})
+    Credentials("default", "").authenticate({}, {})  # no credentials: user default, empty password

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
+import pytest
+from chdb_server.codec import MAX_COMPRESSED_SIZE, RESPONSE_BLOCK_SIZE, compress_lz4_blocks, decompress_blocks
+from chdb_server.errors import ClickHouseError, Code
 from clickhouse_cityhash.cityhash import CityHash128
 from encoders import EXPECTED, JSON_AS_STRING, frame, row_binary, unframe
 from harness import rows_of
@@ -51,3 +55,42 @@ def test_corrupt_blocks_are_rejected_and_the_server_keeps_serving(ch, table):
     assert ch.query(f"SELECT count() FROM {table}") == "0\n"
     assert ch.request(body=good, params=params, connection=connection).status == 200
     assert rows_of(ch, table) == EXPECTED
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_blocks_round_trip_whatever_the_pieces():
+    """Several response blocks, read back from pieces that cut headers and checksums apart."""
+    data = os.urandom(RESPONSE_BLOCK_SIZE // 2) * 5 + b"tail"
+    framed = compress_lz4_blocks(data)
+    assert unframe(framed) == data  # the tests' own decoder agrees on the format
+    for size in (4093, 65536):
+        assert b"".join(decompress_blocks(pieces(framed, size))) == data
+    body = frame(data[:100], 0x82) + frame(data[100:300], 0x90) + frame(data[300:400], 0x02)
+    for size in (1, 7, 25):
+        assert b"".join(decompress_blocks(pieces(body, size))) == data[:400]
+    assert list(decompress_blocks([])) == []
+
+
+@pytest.mark.parametrize(
+    ("size_field", "code"),
+    [(MAX_COMPRESSED_SIZE + 1, Code.TOO_LARGE_SIZE_COMPRESSED), (8, Code.CANNOT_DECOMPRESS)],
+)
+def test_impossible_block_sizes_are_refused_before_reading_the_block(size_field, code):
+    block = bytearray(frame(b"data", 0x02))
+    block[17:21] = struct.pack("<I", size_field)
+    with pytest.raises(ClickHouseError) as raised:
+        next(decompress_blocks([bytes(block)]))
+    assert raised.value.code == code
+
+
+def test_a_block_that_decompresses_to_another_size_is_refused():
+    block = bytearray(frame(b"0123456789", 0x82))
+    block[21:25] = struct.pack("<I", 11)  # the uncompressed size in the header...
+    digest = CityHash128(bytes(block[16:]))  # ...under a valid checksum
+    block[:16] = struct.pack("<QQ", digest >> 64, digest & (2**64 - 1))
+    with pytest.raises(ClickHouseError) as raised:
+        list(decompress_blocks([bytes(block)]))
+    assert raised.value.code == Code.CANNOT_DECOMPRESS

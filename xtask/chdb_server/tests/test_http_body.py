@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import pytest
+from chdb_server.errors import ClickHouseError, Code
+from chdb_server.http_body import RequestBody, parse_multipart
 from encoders import EXPECTED, JSON_AS_STRING, TRICKY, escape_param, frame, row_binary
 from harness import PASSWORD, raw_exchange, rows_of
 
@@ -57,3 +61,49 @@ def test_malformed_multipart_is_rejected(ch):
     reply = ch.request(body=body[:-20], headers=headers)  # no closing delimiter
     assert (reply.status, reply.code) == (400, 36)
     assert ch.query("SELECT 1") == "1\n"
+
+
+def test_multipart_fields_are_byte_exact():
+    body = (
+        b"preamble, ignored\r\n--b \t\r\n"  # transport padding after the delimiter
+        b'Content-Disposition: form-data; name="query"\r\n\r\nSELECT 1\r\n\r\n'  # a value ending in CRLF
+        b'--b\r\nContent-Disposition: form-data; name="param_s"\r\n\r\na\r\n-b --b \xc3\xbc\r\n'
+        b"--b--\r\nepilogue, ignored"
+    )
+    fields = parse_multipart("multipart/form-data; boundary=b", body)
+    assert fields == [("query", "SELECT 1\r\n"), ("param_s", "a\r\n-b --b \u00fc")]
+
+
+@pytest.mark.parametrize(
+    ("boundary", "part", "code"),
+    [
+        ("", b'Content-Disposition: form-data; name="q"\r\n\r\nx', Code.BAD_ARGUMENTS),  # no boundary
+        ("; boundary=b", b"Content-Disposition: form-data\r\n\r\nx", Code.BAD_ARGUMENTS),  # no name
+        ("; boundary=b", b'Content-Disposition: form-data; name="q"\r\nx', Code.BAD_ARGUMENTS),  # no blank line
+        ("; boundary=b", b'Content-Disposition: form-data; name="q"\r\n\r\n\xff', Code.BAD_ARGUMENTS),  # not UTF-8
+        ("; boundary=b", b'Content-Disposition: form-data; name="t"; filename="t.tsv"\r\n\r\n1', Code.NOT_IMPLEMENTED),
+    ],
+)
+def test_malformed_multipart_fields(boundary, part, code):
+    with pytest.raises(ClickHouseError) as raised:
+        parse_multipart("multipart/form-data" + boundary, b"--b\r\n" + part + b"\r\n--b--\r\n")
+    assert raised.value.code == code
+
+
+def test_chunked_body_with_extensions_and_trailers():
+    raw = b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\nNEXT REQUEST"
+    stream = io.BufferedReader(io.BytesIO(raw))
+    body = RequestBody(stream, {"Transfer-Encoding": "chunked"})
+    assert not body.complete
+    assert body.read_all() == b"abcde" and body.complete
+    assert stream.read() == b"NEXT REQUEST"  # the connection can serve what follows
+
+
+def test_body_discard_says_whether_the_connection_can_go_on():
+    complete = RequestBody(io.BufferedReader(io.BytesIO(b"12345")), {"Content-Length": "5"})
+    assert complete.discard()
+    short = RequestBody(io.BufferedReader(io.BytesIO(b"123")), {"Content-Length": "5"})
+    assert not short.discard()
+    with pytest.raises(ClickHouseError) as raised:
+        RequestBody(io.BufferedReader(io.BytesIO(b"")), {"Content-Length": "-1"})
+    assert raised.value.code == Code.BAD_ARGUMENTS

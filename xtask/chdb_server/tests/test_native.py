@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from chdb_server.errors import ClickHouseError, Code
+from chdb_server.native import native_for_client
 from encoders import binary_string, varuint
 
 
@@ -72,3 +74,10 @@ def test_native_for_clients_covers_nested_types(ch):
 
     unsupported = ch.request(body="SELECT '{}'::JSON AS j FORMAT Native", params={"client_protocol_version": "54460"})
     assert (unsupported.status, unsupported.code) == (501, 48)
+
+
+def test_truncated_native_data_is_an_error():
+    with pytest.raises(ClickHouseError) as raised:
+        native_for_client(varuint(1) + varuint(2) + binary_string("a"), 54460)  # no type, no data
+    assert raised.value.code == Code.CANNOT_READ_ALL_DATA
+    assert native_for_client(b"", 54460) == b""  # no blocks: nothing to frame
