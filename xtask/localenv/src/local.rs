@@ -238,6 +238,8 @@ pub fn nats_argv(layout: &Layout, port: u16, store_dir: &Path) -> anyhow::Result
     ])
 }
 
+/// `server.py` is a shim over the `chdb_server` package beside it: Python puts the
+/// script's directory on `sys.path`, so no working directory or `PYTHONPATH` is needed.
 pub fn chdb_argv(layout: &Layout, port: u16, data_dir: &Path) -> anyhow::Result<Vec<OsString>> {
     let python = layout.venv_python();
     if !python.exists() {
