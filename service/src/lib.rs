@@ -10,6 +10,7 @@ pub mod demo;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzz_support;
+pub mod health;
 pub mod http;
 pub mod lease;
 pub mod metrics;

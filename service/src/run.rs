@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::{demo, migrate, streams};

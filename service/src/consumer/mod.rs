@@ -143,7 +143,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsConfig;
 use crate::envelope;
-use crate::http::Health;
+use crate::health::Health;
 use crate::metrics::{BatchOutcome, InsertResult, Metrics, NakReason};
 use crate::row::ProcessedEnvelopeRow;
 use crate::store::{ErrorClass, Store};
