@@ -21,7 +21,7 @@ use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
 use crate::flags;
 use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
 use crate::pins::Pins;
-use crate::tools_lint;
+use crate::tools::lint as tools_lint;
 
 const WORKFLOWS_DIR: &str = ".github/workflows";
 /// Shapes the image's build context (the repository root).

@@ -16,8 +16,6 @@ mod lint;
 mod pins;
 mod steps;
 mod tools;
-mod tools_fuzz;
-mod tools_lint;
 mod up;
 
 use std::path::Path;
