@@ -15,6 +15,8 @@ mod image;
 mod lint;
 mod pins;
 mod steps;
+#[cfg(test)]
+mod tidy;
 mod tools;
 mod up;
 
