@@ -11,6 +11,7 @@ use std::fs;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
+use localenv::text::shell_quote;
 use xshell::{Shell, cmd};
 
 use crate::compose;
@@ -311,18 +312,6 @@ impl fmt::Display for DockerCmd {
             write!(f, " {}", shell_quote(arg))?;
         }
         Ok(())
-    }
-}
-
-fn shell_quote(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:@=,+".contains(c))
-    {
-        value.to_owned()
-    } else {
-        format!("'{}'", value.replace('\'', r"'\''"))
     }
 }
 

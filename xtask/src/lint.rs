@@ -18,6 +18,7 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
+use crate::env_file;
 use crate::flags;
 use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
 use crate::pins::Pins;
@@ -176,13 +177,13 @@ fn compose_schema(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<St
     let compose_file = layout.root.join(COMPOSE_FILE);
     let text = fs::read_to_string(&compose_file)
         .with_context(|| format!("reading {}", compose_file.display()))?;
-    let interpolated =
-        interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).map_err(|problems| {
-            anyhow::anyhow!(
-                "{COMPOSE_FILE} cannot be interpolated from pins.env:\n  {}",
-                problems.join("\n  ")
-            )
-        })?;
+    let interpolated = env_file::interpolate(&text, |name| pins.get_opt(name).map(str::to_owned))
+        .map_err(|problems| {
+        anyhow::anyhow!(
+            "{COMPOSE_FILE} cannot be interpolated from pins.env:\n  {}",
+            problems.join("\n  ")
+        )
+    })?;
     let dir = layout.tools_dir().join("lint");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let resolved = dir.join("compose.pins-interpolated.yaml");
@@ -484,117 +485,9 @@ fn workflow_problems(workflow: &str) -> Vec<String> {
     problems
 }
 
-// ---- Interpolation -----------------------------------------------------------------
-
-/// Compose-style interpolation: `$$`, `$NAME`, `${NAME}`, `${NAME:-default}`,
-/// `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`, `${NAME:+alt}`,
-/// `${NAME+alt}`. A variable that is unset with no default is a problem, as is a
-/// `?` form whose variable is unset.
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<String>> {
-    let mut out = String::with_capacity(text.len());
-    let mut problems = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
-                problems.push(format!("unclosed `${{` in {:?}", first_line(after)));
-                break;
-            };
-            match substitute(&body[..end], &lookup) {
-                Ok(value) => out.push_str(&value),
-                Err(problem) => problems.push(problem),
-            }
-            rest = &body[end + 1..];
-        } else {
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if len == 0 {
-                out.push('$');
-            } else {
-                match substitute(&after[..len], &lookup) {
-                    Ok(value) => out.push_str(&value),
-                    Err(problem) => problems.push(problem),
-                }
-            }
-            rest = &after[len..];
-        }
-    }
-    out.push_str(rest);
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
-}
-
-fn substitute(expr: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let name_len = expr
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(expr.len());
-    let (name, op) = expr.split_at(name_len);
-    if name.is_empty() {
-        return Err(format!("`${{{expr}}}` names no variable"));
-    }
-    let value = lookup(name);
-    let set = value.is_some();
-    let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
-    let value = value.unwrap_or_default();
-    let (arg, needs_non_empty) = match op.strip_prefix(':') {
-        Some(rest) => (rest, true),
-        None => (op, false),
-    };
-    let present = if needs_non_empty { non_empty } else { set };
-    match arg.chars().next() {
-        None if op.is_empty() => {
-            if set {
-                Ok(value)
-            } else {
-                Err(format!("{name} is not set and has no default"))
-            }
-        }
-        Some('-') => Ok(if present { value } else { arg[1..].to_owned() }),
-        Some('?') => {
-            if present {
-                Ok(value)
-            } else {
-                Err(format!("{name} is required: {}", &arg[1..]))
-            }
-        }
-        Some('+') => Ok(if present {
-            arg[1..].to_owned()
-        } else {
-            String::new()
-        }),
-        _ => Err(format!("unsupported interpolation `${{{expr}}}`")),
-    }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
 
     #[test]
     fn every_workspace_member_must_be_in_the_build_context() {
@@ -615,40 +508,12 @@ mod tests {
     }
 
     #[test]
-    fn interpolation_follows_compose() {
-        let lookup = vars(&[("A", "1"), ("EMPTY", "")]);
-        let cases = [
-            ("x ${A} y", "x 1 y"),
-            ("$A/$A", "1/1"),
-            ("${B:-dflt}", "dflt"),
-            ("${EMPTY:-dflt}", "dflt"),
-            ("${EMPTY-dflt}", ""),
-            ("${A:?must}", "1"),
-            ("${A:+alt}", "alt"),
-            ("${B:+alt}", ""),
-            ("$$(hostname)", "$(hostname)"),
-            ("cost: 5$", "cost: 5$"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(interpolate(input, &lookup).unwrap(), expected, "{input}");
-        }
-        let problems = interpolate("${B:?set B} ${C} ${EMPTY:?x}", &lookup).unwrap_err();
-        assert_eq!(
-            problems,
-            [
-                "B is required: set B",
-                "C is not set and has no default",
-                "EMPTY is required: x"
-            ]
-        );
-    }
-
-    #[test]
     fn the_compose_file_interpolates_from_pins_alone() {
         let layout = Layout::workspace();
         let pins = Pins::load(&layout).unwrap();
         let text = fs::read_to_string(layout.root.join(COMPOSE_FILE)).unwrap();
-        let resolved = interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).unwrap();
+        let resolved =
+            env_file::interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).unwrap();
         assert!(resolved.contains(&format!("image: {}", pins.get("NATS_IMAGE").unwrap())));
         assert!(resolved.contains(&format!("image: {}", pins.get("CLICKHOUSE_IMAGE").unwrap())));
         assert!(resolved.contains("image: ponix-writer:dev"));

@@ -9,6 +9,7 @@ mod dev;
 mod down;
 mod drill;
 mod e2e;
+mod env_file;
 mod flags;
 mod fuzz;
 mod image;

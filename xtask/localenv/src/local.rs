@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use crate::layout::Layout;
 use crate::net::{self, free_port, http_get, http_post, wait_until};
 use crate::process::{Recorded, log_tail};
+use crate::text::shell_quote;
 
 pub const NATS: &str = "nats";
 pub const CLICKHOUSE: &str = "clickhouse";
@@ -390,19 +391,6 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Single-quotes a value for POSIX shells where it needs it.
-fn shell_quote(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:@".contains(c))
-    {
-        value.to_owned()
-    } else {
-        format!("'{}'", value.replace('\'', r"'\''"))
-    }
-}
-
 /// The environment `up` started, torn down (processes stopped, data removed
 /// unless kept) when dropped, so that an error or panic leaves nothing behind.
 #[must_use = "the environment is torn down when this guard drops"]
@@ -447,16 +435,6 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exports_quote_values_for_the_shell() {
-        assert_eq!(
-            shell_quote("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-    }
 
     #[test]
     fn exports_name_every_endpoint() {

@@ -1,4 +1,5 @@
-//! Figures for people: the harness, the drills and the bench print counts this way.
+//! Text for people and for shells: the harness, the drills and the bench print
+//! counts this way, and print or write command lines a shell can read back.
 
 /// 1234567 → "1,234,567".
 pub fn thousands(n: u64) -> String {
@@ -13,8 +14,38 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// Single-quotes `value` for a POSIX shell where it needs it, so that it reads
+/// back as one word. Left bare: letters, digits and `/._-:@=,+`, which no shell
+/// treats specially outside the command position (where `KEY=VALUE` would be an
+/// assignment): so use it for arguments and values, never for the command name.
+pub fn shell_quote(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:@=,+".contains(c))
+    {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
+        use super::shell_quote;
+        assert_eq!(
+            shell_quote("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(shell_quote("--build-arg=A=b,c+d"), "--build-arg=A=b,c+d");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
     #[test]
     fn thousands_groups_digits() {
         assert_eq!(super::thousands(0), "0");
