@@ -241,7 +241,7 @@ fn workspace_tests(layout: &Layout, env: &[(&'static str, String)]) -> anyhow::R
 /// The names of `tests/*.rs` and `tests/*/main.rs` targets in the workspace's crates.
 fn integration_test_targets(layout: &Layout) -> anyhow::Result<Vec<String>> {
     let mut targets = Vec::new();
-    for krate in ["service", "testkit", "xtask", "xtask/localenv"] {
+    for krate in ["service", "testkit", "bench", "xtask", "localenv"] {
         let Ok(entries) = std::fs::read_dir(layout.root.join(krate).join("tests")) else {
             continue;
         };

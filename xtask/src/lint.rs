@@ -491,12 +491,12 @@ mod tests {
 
     #[test]
     fn every_workspace_member_must_be_in_the_build_context() {
-        let manifest = "[workspace]\nresolver = \"3\"\nmembers = [\"service\", \"bench\", \"xtask\", \"xtask/localenv\"]\n";
+        let manifest = "[workspace]\nresolver = \"3\"\nmembers = [\"service\", \"bench\", \"xtask\", \"localenv\"]\n";
         assert_eq!(
             workspace_members(manifest).unwrap(),
-            ["service", "bench", "xtask", "xtask/localenv"]
+            ["service", "bench", "xtask", "localenv"]
         );
-        let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n";
+        let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n!localenv/\n";
         assert_eq!(
             build_context_problems(manifest, ignore),
             [
