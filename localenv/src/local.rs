@@ -27,21 +27,32 @@ pub enum Engine {
     Server,
 }
 
-impl Engine {
-    /// `None` picks `server` where a `clickhouse` binary is on PATH, else chDB.
-    pub fn parse(choice: Option<&str>) -> anyhow::Result<Engine> {
+/// `--clickhouse chdb` or `--clickhouse server`.
+impl std::str::FromStr for Engine {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<Engine> {
         match choice {
-            Some("chdb") => Ok(Engine::Chdb),
-            Some("server") => {
+            "chdb" => Ok(Engine::Chdb),
+            "server" => Ok(Engine::Server),
+            other => bail!("unknown ClickHouse engine {other:?}: expected `chdb` or `server`"),
+        }
+    }
+}
+
+impl Engine {
+    /// The engine to run here: the one asked for, which must be available, or with
+    /// none asked for, `server` where a `clickhouse` binary is on PATH, else chDB.
+    pub fn choose(choice: Option<Engine>) -> anyhow::Result<Engine> {
+        match choice {
+            Some(Engine::Server) => {
                 find_on_path("clickhouse").context(
                     "`--clickhouse server` needs a `clickhouse` binary on PATH; \
                      use `--clickhouse chdb` or install ClickHouse",
                 )?;
                 Ok(Engine::Server)
             }
-            Some(other) => {
-                bail!("unknown ClickHouse engine {other:?}: expected `chdb` or `server`")
-            }
+            Some(Engine::Chdb) => Ok(Engine::Chdb),
             None if find_on_path("clickhouse").is_some() => Ok(Engine::Server),
             None => Ok(Engine::Chdb),
         }
@@ -463,7 +474,9 @@ mod tests {
 
     #[test]
     fn engine_choice_is_validated() {
-        assert_eq!(Engine::parse(Some("chdb")).unwrap(), Engine::Chdb);
-        assert!(Engine::parse(Some("postgres")).is_err());
+        assert_eq!("chdb".parse::<Engine>().unwrap(), Engine::Chdb);
+        assert_eq!("server".parse::<Engine>().unwrap(), Engine::Server);
+        assert!("postgres".parse::<Engine>().is_err());
+        assert_eq!(Engine::choose(Some(Engine::Chdb)).unwrap(), Engine::Chdb);
     }
 }

@@ -27,9 +27,41 @@ const DEFAULT_LATENCY_SECONDS: u64 = 30;
 const SUMMARY_PREFIX: &str = "bench summary:";
 
 /// What one bench run measures.
+/// `--payload`: the envelope shape the bench publishes (ponix-bench's own flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Payload {
+    Small,
+    #[default]
+    Medium,
+    Large,
+}
+
+impl Payload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Payload::Small => "small",
+            Payload::Medium => "medium",
+            Payload::Large => "large",
+        }
+    }
+}
+
+impl std::str::FromStr for Payload {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<Payload> {
+        [Payload::Small, Payload::Medium, Payload::Large]
+            .into_iter()
+            .find(|payload| payload.as_str() == choice)
+            .with_context(|| {
+                format!("unknown payload {choice:?}: expected `small`, `medium` or `large`")
+            })
+    }
+}
+
 pub struct Options {
     pub messages: u64,
-    pub payload: String,
+    pub payload: Payload,
     pub latency_seconds: u64,
     pub engine: Engine,
 }
@@ -44,9 +76,9 @@ impl flags::Bench {
             } else {
                 DEFAULT_MESSAGES
             }),
-            payload: self.payload.clone().unwrap_or_else(|| "medium".to_owned()),
+            payload: self.payload.unwrap_or_default(),
             latency_seconds: self.latency_seconds.unwrap_or(DEFAULT_LATENCY_SECONDS),
-            engine: Engine::parse(self.clickhouse.as_deref())?,
+            engine: Engine::choose(self.clickhouse)?,
         };
         run_bench(sh, &layout, &options)?;
         Ok(())
@@ -81,7 +113,7 @@ pub fn run_bench(sh: &Shell, layout: &Layout, options: &Options) -> anyhow::Resu
     let mut bench = Command::new(release.join("ponix-bench"));
     bench
         .args(["--messages", &options.messages.to_string()])
-        .args(["--payload", &options.payload])
+        .args(["--payload", options.payload.as_str()])
         .args(["--latency-seconds", &options.latency_seconds.to_string()])
         .arg("--writer")
         .arg(release.join("ponix-writer"))
@@ -124,4 +156,18 @@ fn target_dir(layout: &Layout) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| layout.root.join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_names_round_trip() {
+        for payload in [Payload::Small, Payload::Medium, Payload::Large] {
+            assert_eq!(payload.as_str().parse::<Payload>().unwrap(), payload);
+        }
+        assert!("huge".parse::<Payload>().is_err());
+        assert_eq!(Payload::default(), Payload::Medium);
+    }
 }

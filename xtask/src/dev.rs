@@ -32,15 +32,27 @@ pub enum Backend {
     Local,
 }
 
+/// `--backend compose` or `--backend local`.
+impl std::str::FromStr for Backend {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<Backend> {
+        match choice {
+            "compose" => Ok(Backend::Compose),
+            "local" => Ok(Backend::Local),
+            other => bail!("unknown backend {other:?}: expected `compose` or `local`"),
+        }
+    }
+}
+
 impl Backend {
-    /// `None` picks compose where a Docker engine answers, else local processes.
-    pub fn choose(flag: Option<&str>) -> anyhow::Result<Backend> {
-        match flag {
-            Some("compose") => Ok(Backend::Compose),
-            Some("local") => Ok(Backend::Local),
-            Some(other) => bail!("unknown backend {other:?}: expected `compose` or `local`"),
-            None if compose::docker_engine_available() => Ok(Backend::Compose),
-            None => Ok(Backend::Local),
+    /// The one asked for; with none, compose where a Docker engine answers, else
+    /// local processes.
+    pub fn choose(choice: Option<Backend>) -> Backend {
+        match choice {
+            Some(backend) => backend,
+            None if compose::docker_engine_available() => Backend::Compose,
+            None => Backend::Local,
         }
     }
 }
@@ -49,7 +61,7 @@ impl flags::Dev {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
-        let backend = Backend::choose(self.backend.as_deref())?;
+        let backend = Backend::choose(self.backend);
         eprintln!("backend: {backend:?}");
         match backend {
             Backend::Local => self.run_local(sh, &layout),
@@ -59,7 +71,7 @@ impl flags::Dev {
 
     fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
         tools::install_runtime(sh, layout)?;
-        let engine = Engine::parse(self.clickhouse.as_deref())?;
+        let engine = Engine::choose(self.clickhouse)?;
         let mut environment = Running::start(layout, engine, false)?;
         let result = self.run_writer(sh, layout, &environment);
         if result.is_err() {
@@ -312,9 +324,10 @@ mod tests {
 
     #[test]
     fn backend_flag_is_validated() {
-        assert_eq!(Backend::choose(Some("local")).unwrap(), Backend::Local);
-        assert_eq!(Backend::choose(Some("compose")).unwrap(), Backend::Compose);
-        assert!(Backend::choose(Some("kubernetes")).is_err());
+        assert_eq!("local".parse::<Backend>().unwrap(), Backend::Local);
+        assert_eq!("compose".parse::<Backend>().unwrap(), Backend::Compose);
+        assert!("kubernetes".parse::<Backend>().is_err());
+        assert_eq!(Backend::choose(Some(Backend::Local)), Backend::Local);
     }
 
     #[test]

@@ -52,6 +52,30 @@ const HEADERS: [&str; 13] = [
     "evidence",
 ];
 
+/// `cargo xtask drill NAME`: one of [`DRILLS`], or `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillChoice {
+    All,
+    One(&'static str),
+}
+
+impl std::str::FromStr for DrillChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<DrillChoice> {
+        if choice == "all" {
+            return Ok(DrillChoice::All);
+        }
+        match DRILLS.iter().find(|name| **name == choice) {
+            Some(name) => Ok(DrillChoice::One(name)),
+            None => bail!(
+                "unknown drill {choice:?}: expected `all` or one of {}",
+                DRILLS.join(", ")
+            ),
+        }
+    }
+}
+
 impl flags::Drill {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let layout = Layout::new(&sh.current_dir());
@@ -68,13 +92,9 @@ impl flags::Drill {
             }
         }
         let messages = self.messages.unwrap_or(DEFAULT_MESSAGES);
-        let selected: Vec<&str> = match self.name.as_str() {
-            "all" => DRILLS.to_vec(),
-            name if DRILLS.contains(&name) => vec![name],
-            other => bail!(
-                "unknown drill {other:?}: expected `all` or one of {}",
-                DRILLS.join(", ")
-            ),
+        let selected: Vec<&str> = match self.name {
+            DrillChoice::All => DRILLS.to_vec(),
+            DrillChoice::One(name) => vec![name],
         };
         let env = [
             (
@@ -234,6 +254,17 @@ mod tests {
         test poison ... drill-row\tpoison\tok\t1000\t990\t0\t0\t10/10\t0\t0\t0\t0.2s\t10 invalid injected\n\
         ok\n\
         drill-row\twriter-kill\tFAILED\t\t\t\t\t\t\t\t\t\tno answer\n";
+
+    #[test]
+    fn the_drill_name_is_one_of_the_drills_or_all() {
+        assert_eq!("all".parse::<DrillChoice>().unwrap(), DrillChoice::All);
+        assert_eq!(
+            "poison".parse::<DrillChoice>().unwrap(),
+            DrillChoice::One("poison")
+        );
+        let err = "poisson".parse::<DrillChoice>().unwrap_err().to_string();
+        assert!(err.contains("clickhouse-down"), "{err}");
+    }
 
     #[test]
     fn rows_are_read_from_the_drill_output() {

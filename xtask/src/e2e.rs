@@ -82,9 +82,9 @@ impl flags::E2e {
                 &layout,
                 &bench::Options {
                     messages: BENCH_MESSAGES,
-                    payload: "medium".to_owned(),
+                    payload: bench::Payload::Medium,
                     latency_seconds: BENCH_LATENCY_SECONDS,
-                    engine: Engine::parse(self.clickhouse.as_deref())?,
+                    engine: Engine::choose(self.clickhouse)?,
                 },
             )
         });
@@ -103,9 +103,9 @@ enum Infra {
 
 impl Infra {
     fn start(sh: &Shell, layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
-        match Backend::choose(flags.backend.as_deref())? {
+        match Backend::choose(flags.backend) {
             Backend::Local => {
-                let engine = Engine::parse(flags.clickhouse.as_deref())?;
+                let engine = Engine::choose(flags.clickhouse)?;
                 Ok(Infra::Local(Running::start(layout, engine, false)?))
             }
             Backend::Compose => {

@@ -45,7 +45,7 @@ impl flags::Image {
         }
         let name = image_name(self.registry.as_deref(), self.name.as_deref())?;
         let git = git_state(sh).context("reading the commit to tag the image with")?;
-        let platforms = parse_platforms(self.platform.as_deref())?;
+        let platforms = self.platform.clone().map(|p| p.0).unwrap_or_default();
         let builder = if compose::buildx_available() {
             Builder::Buildx
         } else if self.dry_run && platforms.len() > 1 {
@@ -136,6 +136,18 @@ pub fn image_name(registry: Option<&str>, name: Option<&str>) -> anyhow::Result<
         );
     }
     Ok(full)
+}
+
+/// `--platform`: linux/amd64, linux/arm64, or both comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platforms(pub Vec<String>);
+
+impl std::str::FromStr for Platforms {
+    type Err = anyhow::Error;
+
+    fn from_str(flag: &str) -> anyhow::Result<Platforms> {
+        parse_platforms(Some(flag)).map(Platforms)
+    }
 }
 
 /// `--platform linux/amd64,linux/arm64` → both; none → the engine's own.
