@@ -17,7 +17,7 @@ extern "C" fn on_signal(_: std::ffi::c_int) {
 }
 
 /// Installs the handler for SIGINT and SIGTERM.
-// The workspace's one unsafe call: installing a signal handler has no safe API,
+// localenv's one unsafe call: installing a signal handler has no safe API,
 // because the handler must be async-signal-safe, which the compiler cannot check.
 #[allow(unsafe_code)]
 pub fn install() {
