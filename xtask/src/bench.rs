@@ -17,6 +17,7 @@ use localenv::Layout;
 use localenv::local::{self, Engine, Running};
 use xshell::{Shell, cmd};
 
+use crate::choices::Payload;
 use crate::steps::run_showing_output;
 use crate::{flags, tools};
 
@@ -27,38 +28,6 @@ const DEFAULT_LATENCY_SECONDS: u64 = 30;
 const SUMMARY_PREFIX: &str = "bench summary:";
 
 /// What one bench run measures.
-/// `--payload`: the envelope shape the bench publishes (ponix-bench's own flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Payload {
-    Small,
-    #[default]
-    Medium,
-    Large,
-}
-
-impl Payload {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Payload::Small => "small",
-            Payload::Medium => "medium",
-            Payload::Large => "large",
-        }
-    }
-}
-
-impl std::str::FromStr for Payload {
-    type Err = anyhow::Error;
-
-    fn from_str(choice: &str) -> anyhow::Result<Payload> {
-        [Payload::Small, Payload::Medium, Payload::Large]
-            .into_iter()
-            .find(|payload| payload.as_str() == choice)
-            .with_context(|| {
-                format!("unknown payload {choice:?}: expected `small`, `medium` or `large`")
-            })
-    }
-}
-
 pub struct Options {
     pub messages: u64,
     pub payload: Payload,
@@ -156,18 +125,4 @@ fn target_dir(layout: &Layout) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| layout.root.join("target"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_names_round_trip() {
-        for payload in [Payload::Small, Payload::Medium, Payload::Large] {
-            assert_eq!(payload.as_str().parse::<Payload>().unwrap(), payload);
-        }
-        assert!("huge".parse::<Payload>().is_err());
-        assert_eq!(Payload::default(), Payload::Medium);
-    }
 }

@@ -16,6 +16,7 @@ use localenv::net::{free_port, http_get, http_post, wait_until};
 use localenv::process::{log_tail, terminate};
 use xshell::{Shell, cmd};
 
+use crate::choices::Backend;
 use crate::compose::{self, ComposeBackend};
 use crate::flags;
 use crate::tools;
@@ -26,34 +27,13 @@ const REPORT_EVERY: Duration = Duration::from_secs(3);
 const UNTIL_ROWS_DEADLINE: Duration = Duration::from_secs(120);
 const DEFAULT_INTERVAL_MS: u64 = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Compose,
-    Local,
-}
-
-/// `--backend compose` or `--backend local`.
-impl std::str::FromStr for Backend {
-    type Err = anyhow::Error;
-
-    fn from_str(choice: &str) -> anyhow::Result<Backend> {
-        match choice {
-            "compose" => Ok(Backend::Compose),
-            "local" => Ok(Backend::Local),
-            other => bail!("unknown backend {other:?}: expected `compose` or `local`"),
-        }
-    }
-}
-
-impl Backend {
-    /// The one asked for; with none, compose where a Docker engine answers, else
-    /// local processes.
-    pub fn choose(choice: Option<Backend>) -> Backend {
-        match choice {
-            Some(backend) => backend,
-            None if compose::docker_engine_available() => Backend::Compose,
-            None => Backend::Local,
-        }
+/// The backend to run on: the one asked for; with none, compose where a Docker
+/// engine answers, else local processes.
+pub fn choose_backend(choice: Option<Backend>) -> Backend {
+    match choice {
+        Some(backend) => backend,
+        None if compose::docker_engine_available() => Backend::Compose,
+        None => Backend::Local,
     }
 }
 
@@ -61,7 +41,7 @@ impl flags::Dev {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
-        let backend = Backend::choose(self.backend);
+        let backend = choose_backend(self.backend);
         eprintln!("backend: {backend:?}");
         match backend {
             Backend::Local => self.run_local(sh, &layout),
@@ -324,10 +304,7 @@ mod tests {
 
     #[test]
     fn backend_flag_is_validated() {
-        assert_eq!("local".parse::<Backend>().unwrap(), Backend::Local);
-        assert_eq!("compose".parse::<Backend>().unwrap(), Backend::Compose);
-        assert!("kubernetes".parse::<Backend>().is_err());
-        assert_eq!(Backend::choose(Some(Backend::Local)), Backend::Local);
+        assert_eq!(choose_backend(Some(Backend::Local)), Backend::Local);
     }
 
     #[test]

@@ -15,21 +15,9 @@ use anyhow::bail;
 use localenv::Layout;
 use xshell::Shell;
 
+use crate::choices::{DRILLS, DrillChoice};
 use crate::flags;
 use crate::steps::run_showing_output;
-
-/// Every drill, in the order `all` runs them.
-pub const DRILLS: &[&str] = &[
-    "clickhouse-down",
-    "clickhouse-hang",
-    "nats-restart",
-    "writer-kill",
-    "poison",
-    "schema-drift",
-    "backlog",
-    "long-outage",
-    "replicas",
-];
 
 /// Envelopes per drill unless `--messages` says otherwise (the drills' own default).
 pub const DEFAULT_MESSAGES: u64 = 10_000;
@@ -51,30 +39,6 @@ const HEADERS: [&str; 13] = [
     "drain",
     "evidence",
 ];
-
-/// `cargo xtask drill NAME`: one of [`DRILLS`], or `all`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrillChoice {
-    All,
-    One(&'static str),
-}
-
-impl std::str::FromStr for DrillChoice {
-    type Err = anyhow::Error;
-
-    fn from_str(choice: &str) -> anyhow::Result<DrillChoice> {
-        if choice == "all" {
-            return Ok(DrillChoice::All);
-        }
-        match DRILLS.iter().find(|name| **name == choice) {
-            Some(name) => Ok(DrillChoice::One(name)),
-            None => bail!(
-                "unknown drill {choice:?}: expected `all` or one of {}",
-                DRILLS.join(", ")
-            ),
-        }
-    }
-}
 
 impl flags::Drill {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
@@ -254,17 +218,6 @@ mod tests {
         test poison ... drill-row\tpoison\tok\t1000\t990\t0\t0\t10/10\t0\t0\t0\t0.2s\t10 invalid injected\n\
         ok\n\
         drill-row\twriter-kill\tFAILED\t\t\t\t\t\t\t\t\t\tno answer\n";
-
-    #[test]
-    fn the_drill_name_is_one_of_the_drills_or_all() {
-        assert_eq!("all".parse::<DrillChoice>().unwrap(), DrillChoice::All);
-        assert_eq!(
-            "poison".parse::<DrillChoice>().unwrap(),
-            DrillChoice::One("poison")
-        );
-        let err = "poisson".parse::<DrillChoice>().unwrap_err().to_string();
-        assert!(err.contains("clickhouse-down"), "{err}");
-    }
 
     #[test]
     fn rows_are_read_from_the_drill_output() {

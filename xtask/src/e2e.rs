@@ -9,8 +9,9 @@ use localenv::local::{self, Engine, Running};
 use xshell::Shell;
 
 use crate::bench;
+use crate::choices::{Backend, Payload};
 use crate::compose::{self, ComposeBackend};
-use crate::dev::Backend;
+use crate::dev::choose_backend;
 use crate::drill;
 use crate::flags;
 use crate::fuzz;
@@ -82,7 +83,7 @@ impl flags::E2e {
                 &layout,
                 &bench::Options {
                     messages: BENCH_MESSAGES,
-                    payload: bench::Payload::Medium,
+                    payload: Payload::Medium,
                     latency_seconds: BENCH_LATENCY_SECONDS,
                     engine: Engine::choose(self.clickhouse)?,
                 },
@@ -103,7 +104,7 @@ enum Infra {
 
 impl Infra {
     fn start(sh: &Shell, layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
-        match Backend::choose(flags.backend) {
+        match choose_backend(flags.backend) {
             Backend::Local => {
                 let engine = Engine::choose(flags.clickhouse)?;
                 Ok(Infra::Local(Running::start(layout, engine, false)?))

@@ -4,10 +4,7 @@
 
 use localenv::local::Engine;
 
-use crate::bench::Payload;
-use crate::dev::Backend;
-use crate::drill::DrillChoice;
-use crate::image::Platforms;
+use crate::choices::{Backend, DrillChoice, Payload, Platforms};
 
 xflags::xflags! {
     src "./src/flags.rs"

@@ -138,35 +138,6 @@ pub fn image_name(registry: Option<&str>, name: Option<&str>) -> anyhow::Result<
     Ok(full)
 }
 
-/// `--platform`: linux/amd64, linux/arm64, or both comma-separated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platforms(pub Vec<String>);
-
-impl std::str::FromStr for Platforms {
-    type Err = anyhow::Error;
-
-    fn from_str(flag: &str) -> anyhow::Result<Platforms> {
-        parse_platforms(Some(flag)).map(Platforms)
-    }
-}
-
-/// `--platform linux/amd64,linux/arm64` → both; none → the engine's own.
-pub fn parse_platforms(flag: Option<&str>) -> anyhow::Result<Vec<String>> {
-    let Some(flag) = flag else {
-        return Ok(Vec::new());
-    };
-    let platforms: Vec<String> = flag.split(',').map(str::trim).map(str::to_owned).collect();
-    for platform in &platforms {
-        if !matches!(platform.as_str(), "linux/amd64" | "linux/arm64") {
-            bail!(
-                "unsupported platform {platform:?}: goose is pinned for linux/amd64 and \
-                 linux/arm64 only (pins.env)"
-            );
-        }
-    }
-    Ok(platforms)
-}
-
 pub fn pinned_build_args(pins: &Pins) -> anyhow::Result<Vec<(String, String)>> {
     PINNED_BUILD_ARGS
         .iter()
@@ -854,17 +825,6 @@ mod tests {
             })
             .is_err()
         );
-    }
-
-    #[test]
-    fn platforms_are_the_pinned_goose_architectures() {
-        assert_eq!(parse_platforms(None).unwrap(), Vec::<String>::new());
-        assert_eq!(
-            parse_platforms(Some("linux/amd64, linux/arm64")).unwrap(),
-            ["linux/amd64", "linux/arm64"]
-        );
-        assert!(parse_platforms(Some("linux/riscv64")).is_err());
-        assert!(parse_platforms(Some("windows/amd64")).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! lives in its own module with `fn run(self, sh: &Shell) -> anyhow::Result<()>`.
 
 mod bench;
+mod choices;
 mod compose;
 mod dev;
 mod down;
