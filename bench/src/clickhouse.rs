@@ -12,7 +12,7 @@ use ponix_writer::store::Store;
 use prost::Message as _;
 use tokio::time::Instant;
 
-use crate::report::{CpuClocks, CpuSpent, Rate, thousands};
+use crate::measure::{CpuClocks, CpuSpent, Progress, Rate, thousands};
 
 /// The scratch table the ceiling inserts into: `AS` the writer's table, so the same
 /// engine, sorting key and column types.
@@ -124,7 +124,7 @@ impl Tables {
         });
         let started = Instant::now();
         let cpu_before = clocks.read();
-        let mut progress = Instant::now();
+        let mut progress = Progress::start();
         let mut inserted = 0u64;
         let mut batches = futures::stream::iter(rows.chunks(batch_size))
             .map(|chunk| {
@@ -135,8 +135,7 @@ impl Tables {
             .buffered(self.config.insert_concurrency.max(1));
         while let Some(result) = batches.next().await {
             inserted += result.context("ceiling insert")? as u64;
-            if progress.elapsed() >= crate::jetstream::PROGRESS_EVERY {
-                progress = Instant::now();
+            if progress.due() {
                 println!("  inserted {}", thousands(inserted));
             }
         }

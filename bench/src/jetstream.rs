@@ -15,16 +15,12 @@ use ponix_writer::store::Store;
 use prost::Message as _;
 use tokio::time::Instant;
 
-use crate::report::{Rate, thousands};
+use crate::measure::{PHASE_DEADLINE, Progress, Rate, thousands};
 
 /// Publishes whose acknowledgements may be outstanding at once.
 const PUBLISH_WINDOW: usize = 4_096;
 /// The ceiling's durable consumer; deleted after use.
 const CEILING_CONSUMER: &str = "ponix-bench-ceiling";
-/// Longest any phase may take before the bench gives up on it.
-pub const PHASE_DEADLINE: Duration = Duration::from_secs(1_800);
-/// Progress lines on long phases.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Nats {
     pub js: jetstream::Context,
@@ -74,7 +70,7 @@ impl Nats {
     /// ClickHouse ceiling writes into its rows.
     pub async fn publish_backlog(&self, payload: Payload, messages: u64) -> anyhow::Result<Rate> {
         let started = Instant::now();
-        let mut progress = Instant::now();
+        let mut progress = Progress::start();
         let mut acks: VecDeque<(u64, PublishAckFuture)> = VecDeque::with_capacity(PUBLISH_WINDOW);
         for index in 0..messages {
             if acks.len() == PUBLISH_WINDOW {
@@ -88,8 +84,7 @@ impl Nats {
                 .await
                 .with_context(|| format!("publishing envelope {index}"))?;
             acks.push_back((index, ack));
-            if progress.elapsed() >= PROGRESS_EVERY {
-                progress = Instant::now();
+            if progress.due() {
                 println!("  published {}", thousands(index));
             }
         }
@@ -161,7 +156,7 @@ impl Nats {
             .await
             .context("creating the ceiling's consumer")?;
         let started = Instant::now();
-        let mut progress = Instant::now();
+        let mut progress = Progress::start();
         let mut acked = 0u64;
         while acked < messages {
             if started.elapsed() > PHASE_DEADLINE {
@@ -193,8 +188,7 @@ impl Nats {
                     .map_err(|e| anyhow::anyhow!("double ack: {e}"))?;
             }
             acked += received.len() as u64;
-            if progress.elapsed() >= PROGRESS_EVERY {
-                progress = Instant::now();
+            if progress.due() {
                 println!("  acked {}", thousands(acked));
             }
         }

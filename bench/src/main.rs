@@ -24,6 +24,7 @@
 
 mod clickhouse;
 mod jetstream;
+mod measure;
 mod report;
 mod writer;
 
@@ -35,7 +36,8 @@ use anyhow::{Context, bail};
 use ponix_writer::config::Config;
 use ponix_writer::sample::Payload;
 
-use crate::report::{CpuClocks, Report};
+use crate::measure::{CpuClocks, thousands};
+use crate::report::Report;
 
 /// Command-line arguments; `cargo xtask bench` passes them.
 struct Args {
@@ -131,7 +133,7 @@ async fn run() -> anyhow::Result<()> {
     let mut report = Report::new(&args, &config);
     println!(
         "bench: {} {} envelopes ({} bytes each on the wire), batch size {}, batch wait {:?}",
-        report::thousands(args.messages),
+        thousands(args.messages),
         args.payload.name(),
         report.envelope_bytes,
         config.nats.batch_size,
@@ -156,10 +158,7 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
 
-    phase(&format!(
-        "publish {} envelopes",
-        report::thousands(args.messages)
-    ));
+    phase(&format!("publish {} envelopes", thousands(args.messages)));
     report.publish = Some(nats.publish_backlog(args.payload, args.messages).await?);
 
     let clocks = CpuClocks::new(args.nats_pid, args.clickhouse_pid);
@@ -191,7 +190,7 @@ async fn run() -> anyhow::Result<()> {
 
     phase(&format!(
         "latency: {}/s for {} s into an emptied table",
-        report::thousands(args.latency_rate),
+        thousands(args.latency_rate),
         args.latency_seconds
     ));
     store.truncate().await?;

@@ -16,8 +16,8 @@ use ponix_writer::sample::Payload;
 use tokio::time::Instant;
 
 use crate::clickhouse::Tables;
-use crate::jetstream::{Nats, PHASE_DEADLINE, PROGRESS_EVERY};
-use crate::report::{Rate, thousands};
+use crate::jetstream::Nats;
+use crate::measure::{PHASE_DEADLINE, Progress, Rate, thousands};
 
 /// How often the drain phase asks NATS for the consumer's backlog.
 const BACKLOG_POLL: Duration = Duration::from_millis(50);
@@ -73,7 +73,7 @@ pub async fn drain(
     let mut writer = WriterProcess::spawn(binary, &log)?;
     let ready = writer.wait_ready().await?;
     let started = Instant::now();
-    let mut progress = Instant::now();
+    let mut progress = Progress::start();
     loop {
         let (pending, ack_pending) = nats.backlog().await?;
         if pending == 0 && ack_pending == 0 {
@@ -86,8 +86,7 @@ pub async fn drain(
                 log.display()
             );
         }
-        if progress.elapsed() >= PROGRESS_EVERY {
-            progress = Instant::now();
+        if progress.due() {
             println!(
                 "  {} left ({:.0} rows/s so far)",
                 thousands(pending + ack_pending),
@@ -274,6 +273,9 @@ impl WriterProcess {
     }
 
     /// `wait4` without blocking: the exit status and usage once the process ended.
+    // nix has no `wait4`, and the child's rusage is only to be had from it: the
+    // bench's one unsafe block.
+    #[allow(unsafe_code)]
     fn try_reap(&mut self) -> anyhow::Result<Option<(i32, Usage)>> {
         if self.reaped {
             bail!("the writer was already reaped");
@@ -343,11 +345,10 @@ impl WriterProcess {
 impl Drop for WriterProcess {
     fn drop(&mut self) {
         if !self.reaped {
-            // SAFETY: signalling and reaping our own child.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
+            // Our unreaped child, so the pid cannot have been recycled.
+            let pid = nix::unistd::Pid::from_raw(self.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
         }
     }
 }

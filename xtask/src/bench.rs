@@ -17,6 +17,7 @@ use localenv::Layout;
 use localenv::local::{self, Engine, Running};
 use xshell::{Shell, cmd};
 
+use crate::choices::Payload;
 use crate::steps::run_showing_output;
 use crate::{flags, tools};
 
@@ -29,7 +30,7 @@ const SUMMARY_PREFIX: &str = "bench summary:";
 /// What one bench run measures.
 pub struct Options {
     pub messages: u64,
-    pub payload: String,
+    pub payload: Payload,
     pub latency_seconds: u64,
     pub engine: Engine,
 }
@@ -44,9 +45,9 @@ impl flags::Bench {
             } else {
                 DEFAULT_MESSAGES
             }),
-            payload: self.payload.clone().unwrap_or_else(|| "medium".to_owned()),
+            payload: self.payload.unwrap_or_default(),
             latency_seconds: self.latency_seconds.unwrap_or(DEFAULT_LATENCY_SECONDS),
-            engine: Engine::parse(self.clickhouse.as_deref())?,
+            engine: Engine::choose(self.clickhouse)?,
         };
         run_bench(sh, &layout, &options)?;
         Ok(())
@@ -81,7 +82,7 @@ pub fn run_bench(sh: &Shell, layout: &Layout, options: &Options) -> anyhow::Resu
     let mut bench = Command::new(release.join("ponix-bench"));
     bench
         .args(["--messages", &options.messages.to_string()])
-        .args(["--payload", &options.payload])
+        .args(["--payload", options.payload.as_str()])
         .args(["--latency-seconds", &options.latency_seconds.to_string()])
         .arg("--writer")
         .arg(release.join("ponix-writer"))

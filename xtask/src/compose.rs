@@ -16,6 +16,8 @@ use anyhow::{Context, bail};
 use localenv::Layout;
 use xshell::{Shell, cmd};
 
+use crate::env_file;
+
 /// The stack, relative to the project root.
 pub const COMPOSE_FILE: &str = "docker/compose.yaml";
 /// The services' settings: the committed template, then the developer's own copy.
@@ -218,7 +220,7 @@ impl ComposeBackend {
 }
 
 /// The services' settings: docker/.env.example, then docker/.env over it when present.
-/// Plain `KEY=VALUE` lines; `#` starts a comment line.
+/// Env files, read by compose's rules (`env_file`).
 pub fn load_settings(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let template = root.join(SETTINGS_TEMPLATE);
     let text =
@@ -235,25 +237,12 @@ pub fn load_settings(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(settings)
 }
 
+/// One settings file: an env file (see `env_file`) where a later value wins.
 pub fn parse_settings(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut settings = BTreeMap::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            bail!("line {}: expected KEY=VALUE, found {line:?}", index + 1);
-        };
-        if key.is_empty() || key != key.trim() || value != value.trim() {
-            bail!(
-                "line {}: no spaces around `=` (compose would keep them)",
-                index + 1
-            );
-        }
-        settings.insert(key.to_owned(), value.to_owned());
-    }
-    Ok(settings)
+    Ok(env_file::parse(text)?
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect())
 }
 
 // ---- Probes --------------------------------------------------------------------
@@ -469,12 +458,11 @@ mod tests {
     }
 
     #[test]
-    fn settings_are_plain_key_value_lines() {
-        let settings = parse_settings("# c\nA=1\n\nB=x=y\nC=\n").unwrap();
-        assert_eq!(settings["A"], "1");
+    fn settings_are_env_files_where_a_later_value_wins() {
+        let settings = parse_settings("# c\nA=1\n\nB=x=y\nC=\nA = 2\n").unwrap();
+        assert_eq!(settings["A"], "2");
         assert_eq!(settings["B"], "x=y");
         assert_eq!(settings["C"], "");
-        assert!(parse_settings("A = 1\n").is_err());
         assert!(parse_settings("oops\n").is_err());
     }
 

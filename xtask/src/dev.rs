@@ -16,6 +16,7 @@ use localenv::net::{free_port, http_get, http_post, wait_until};
 use localenv::process::{log_tail, terminate};
 use xshell::{Shell, cmd};
 
+use crate::choices::Backend;
 use crate::compose::{self, ComposeBackend};
 use crate::flags;
 use crate::tools;
@@ -26,22 +27,13 @@ const REPORT_EVERY: Duration = Duration::from_secs(3);
 const UNTIL_ROWS_DEADLINE: Duration = Duration::from_secs(120);
 const DEFAULT_INTERVAL_MS: u64 = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Compose,
-    Local,
-}
-
-impl Backend {
-    /// `None` picks compose where a Docker engine answers, else local processes.
-    pub fn choose(flag: Option<&str>) -> anyhow::Result<Backend> {
-        match flag {
-            Some("compose") => Ok(Backend::Compose),
-            Some("local") => Ok(Backend::Local),
-            Some(other) => bail!("unknown backend {other:?}: expected `compose` or `local`"),
-            None if compose::docker_engine_available() => Ok(Backend::Compose),
-            None => Ok(Backend::Local),
-        }
+/// The backend to run on: the one asked for; with none, compose where a Docker
+/// engine answers, else local processes.
+pub fn choose_backend(choice: Option<Backend>) -> Backend {
+    match choice {
+        Some(backend) => backend,
+        None if compose::docker_engine_available() => Backend::Compose,
+        None => Backend::Local,
     }
 }
 
@@ -49,7 +41,7 @@ impl flags::Dev {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
-        let backend = Backend::choose(self.backend.as_deref())?;
+        let backend = choose_backend(self.backend);
         eprintln!("backend: {backend:?}");
         match backend {
             Backend::Local => self.run_local(sh, &layout),
@@ -59,7 +51,7 @@ impl flags::Dev {
 
     fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
         tools::install_runtime(sh, layout)?;
-        let engine = Engine::parse(self.clickhouse.as_deref())?;
+        let engine = Engine::choose(self.clickhouse)?;
         let mut environment = Running::start(layout, engine, false)?;
         let result = self.run_writer(sh, layout, &environment);
         if result.is_err() {
@@ -312,9 +304,7 @@ mod tests {
 
     #[test]
     fn backend_flag_is_validated() {
-        assert_eq!(Backend::choose(Some("local")).unwrap(), Backend::Local);
-        assert_eq!(Backend::choose(Some("compose")).unwrap(), Backend::Compose);
-        assert!(Backend::choose(Some("kubernetes")).is_err());
+        assert_eq!(choose_backend(Some(Backend::Local)), Backend::Local);
     }
 
     #[test]

@@ -15,23 +15,9 @@ use anyhow::bail;
 use localenv::Layout;
 use xshell::Shell;
 
+use crate::choices::{DRILLS, DrillChoice};
 use crate::flags;
 use crate::steps::run_showing_output;
-
-/// Every drill, in the order `all` runs them.
-pub const DRILLS: &[&str] = &[
-    "clickhouse-down",
-    "clickhouse-hang",
-    "nats-restart",
-    "writer-kill",
-    "poison",
-    "schema-drift",
-    "backlog",
-    "long-outage",
-    "replicas",
-    "rolling-migration",
-    "migration-crash",
-];
 
 /// Envelopes per drill unless `--messages` says otherwise (the drills' own default).
 pub const DEFAULT_MESSAGES: u64 = 10_000;
@@ -70,13 +56,9 @@ impl flags::Drill {
             }
         }
         let messages = self.messages.unwrap_or(DEFAULT_MESSAGES);
-        let selected: Vec<&str> = match self.name.as_str() {
-            "all" => DRILLS.to_vec(),
-            name if DRILLS.contains(&name) => vec![name],
-            other => bail!(
-                "unknown drill {other:?}: expected `all` or one of {}",
-                DRILLS.join(", ")
-            ),
+        let selected: Vec<&str> = match self.name {
+            DrillChoice::All => DRILLS.to_vec(),
+            DrillChoice::One(name) => vec![name],
         };
         let env = [
             (

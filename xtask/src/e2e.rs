@@ -9,8 +9,9 @@ use localenv::local::{self, Engine, Running};
 use xshell::Shell;
 
 use crate::bench;
+use crate::choices::{Backend, Payload};
 use crate::compose::{self, ComposeBackend};
-use crate::dev::Backend;
+use crate::dev::choose_backend;
 use crate::drill;
 use crate::flags;
 use crate::fuzz;
@@ -82,9 +83,9 @@ impl flags::E2e {
                 &layout,
                 &bench::Options {
                     messages: BENCH_MESSAGES,
-                    payload: "medium".to_owned(),
+                    payload: Payload::Medium,
                     latency_seconds: BENCH_LATENCY_SECONDS,
-                    engine: Engine::parse(self.clickhouse.as_deref())?,
+                    engine: Engine::choose(self.clickhouse)?,
                 },
             )
         });
@@ -103,9 +104,9 @@ enum Infra {
 
 impl Infra {
     fn start(sh: &Shell, layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
-        match Backend::choose(flags.backend.as_deref())? {
+        match choose_backend(flags.backend) {
             Backend::Local => {
-                let engine = Engine::parse(flags.clickhouse.as_deref())?;
+                let engine = Engine::choose(flags.clickhouse)?;
                 Ok(Infra::Local(Running::start(layout, engine, false)?))
             }
             Backend::Compose => {
@@ -241,7 +242,7 @@ fn workspace_tests(layout: &Layout, env: &[(&'static str, String)]) -> anyhow::R
 /// The names of `tests/*.rs` and `tests/*/main.rs` targets in the workspace's crates.
 fn integration_test_targets(layout: &Layout) -> anyhow::Result<Vec<String>> {
     let mut targets = Vec::new();
-    for krate in ["service", "testkit", "xtask", "xtask/localenv"] {
+    for krate in ["service", "testkit", "bench", "xtask", "localenv"] {
         let Ok(entries) = std::fs::read_dir(layout.root.join(krate).join("tests")) else {
             continue;
         };

@@ -1,4 +1,10 @@
 //! Command-line flags. `cargo xtask` with no arguments lists the commands.
+//! A flag that chooses among fixed values parses into its enum, so a typo fails
+//! before anything runs and lists the choices.
+
+use localenv::local::Engine;
+
+use crate::choices::{Backend, DrillChoice, Payload, Platforms};
 
 xflags::xflags! {
     src "./src/flags.rs"
@@ -11,21 +17,21 @@ xflags::xflags! {
         /// Start NATS and a ClickHouse endpoint as local processes and print their addresses.
         cmd up {
             /// ClickHouse engine: `chdb` (default where no `clickhouse` binary is on PATH) or `server`.
-            optional --clickhouse engine: String
+            optional --clickhouse engine: Engine
         }
 
         /// Run every check end to end against real NATS and ClickHouse (the README's test command).
         cmd e2e {
             /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
-            optional --backend backend: String
+            optional --backend backend: Backend
             /// ClickHouse engine for the local backend: `chdb` or `server`.
-            optional --clickhouse engine: String
+            optional --clickhouse engine: Engine
         }
 
         /// Run the failure drills, each against a NATS and ClickHouse of its own, and print their table.
         cmd drill {
-            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, rolling-migration, migration-crash, or all.
-            required name: String
+            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, long-outage, replicas, rolling-migration, migration-crash, or all.
+            required name: DrillChoice
             /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
             optional --messages messages: u64
         }
@@ -37,11 +43,11 @@ xflags::xflags! {
             /// Envelopes in the backlog (overrides --quick).
             optional --messages messages: u64
             /// Envelope payload: small (5 fields), medium (30, nested; default) or large (200).
-            optional --payload payload: String
+            optional --payload payload: Payload
             /// Length of the fixed-rate latency phase (default 30).
             optional --latency-seconds seconds: u64
             /// ClickHouse engine for the local backend: `chdb` or `server`.
-            optional --clickhouse engine: String
+            optional --clickhouse engine: Engine
         }
 
         /// Fuzz the decode path (fuzz/, cargo-fuzz on stable) for a while; fails on a crash, naming the input.
@@ -53,9 +59,9 @@ xflags::xflags! {
         /// Run the pipeline locally: infrastructure, migrations, the writer and its demo producer.
         cmd dev {
             /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
-            optional --backend backend: String
+            optional --backend backend: Backend
             /// ClickHouse engine for the local backend: `chdb` or `server`.
-            optional --clickhouse engine: String
+            optional --clickhouse engine: Engine
             /// Milliseconds between demo envelopes (default 200).
             optional --interval-ms interval: u64
             /// Exit successfully once this many rows are stored (a smoke test), instead of running until Ctrl-C.
@@ -75,7 +81,7 @@ xflags::xflags! {
             /// Registry and namespace for the tags, such as ghcr.io/acme (needed by --push).
             optional --registry registry: String
             /// Target platform(s): linux/amd64, linux/arm64, or both comma-separated (needs --push).
-            optional --platform platform: String
+            optional --platform platform: Platforms
             /// Push both tags to --registry after the checks pass.
             optional --push
             /// Print the tags and every command without running any (no Docker engine needed).
@@ -119,18 +125,18 @@ pub struct Tools;
 
 #[derive(Debug)]
 pub struct Up {
-    pub clickhouse: Option<String>,
+    pub clickhouse: Option<Engine>,
 }
 
 #[derive(Debug)]
 pub struct E2e {
-    pub backend: Option<String>,
-    pub clickhouse: Option<String>,
+    pub backend: Option<Backend>,
+    pub clickhouse: Option<Engine>,
 }
 
 #[derive(Debug)]
 pub struct Drill {
-    pub name: String,
+    pub name: DrillChoice,
 
     pub messages: Option<u64>,
 }
@@ -139,9 +145,9 @@ pub struct Drill {
 pub struct Bench {
     pub quick: bool,
     pub messages: Option<u64>,
-    pub payload: Option<String>,
+    pub payload: Option<Payload>,
     pub latency_seconds: Option<u64>,
-    pub clickhouse: Option<String>,
+    pub clickhouse: Option<Engine>,
 }
 
 #[derive(Debug)]
@@ -151,8 +157,8 @@ pub struct Fuzz {
 
 #[derive(Debug)]
 pub struct Dev {
-    pub backend: Option<String>,
-    pub clickhouse: Option<String>,
+    pub backend: Option<Backend>,
+    pub clickhouse: Option<Engine>,
     pub interval_ms: Option<u64>,
     pub until_rows: Option<u64>,
 }
@@ -166,7 +172,7 @@ pub struct Down {
 pub struct Image {
     pub name: Option<String>,
     pub registry: Option<String>,
-    pub platform: Option<String>,
+    pub platform: Option<Platforms>,
     pub push: bool,
     pub dry_run: bool,
 }

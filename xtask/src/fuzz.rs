@@ -23,7 +23,7 @@ use xshell::{Shell, cmd};
 
 use crate::flags;
 use crate::pins::Pins;
-use crate::tools_fuzz;
+use crate::tools::fuzz as tools_fuzz;
 
 /// The one fuzz target, `fuzz/fuzz_targets/decode_envelope.rs`.
 pub const TARGET: &str = "decode_envelope";

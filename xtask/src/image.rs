@@ -11,6 +11,7 @@ use std::fs;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
+use localenv::text::shell_quote;
 use xshell::{Shell, cmd};
 
 use crate::compose;
@@ -44,7 +45,7 @@ impl flags::Image {
         }
         let name = image_name(self.registry.as_deref(), self.name.as_deref())?;
         let git = git_state(sh).context("reading the commit to tag the image with")?;
-        let platforms = parse_platforms(self.platform.as_deref())?;
+        let platforms = self.platform.clone().map(|p| p.0).unwrap_or_default();
         let builder = if compose::buildx_available() {
             Builder::Buildx
         } else if self.dry_run && platforms.len() > 1 {
@@ -135,23 +136,6 @@ pub fn image_name(registry: Option<&str>, name: Option<&str>) -> anyhow::Result<
         );
     }
     Ok(full)
-}
-
-/// `--platform linux/amd64,linux/arm64` → both; none → the engine's own.
-pub fn parse_platforms(flag: Option<&str>) -> anyhow::Result<Vec<String>> {
-    let Some(flag) = flag else {
-        return Ok(Vec::new());
-    };
-    let platforms: Vec<String> = flag.split(',').map(str::trim).map(str::to_owned).collect();
-    for platform in &platforms {
-        if !matches!(platform.as_str(), "linux/amd64" | "linux/arm64") {
-            bail!(
-                "unsupported platform {platform:?}: goose is pinned for linux/amd64 and \
-                 linux/arm64 only (pins.env)"
-            );
-        }
-    }
-    Ok(platforms)
 }
 
 pub fn pinned_build_args(pins: &Pins) -> anyhow::Result<Vec<(String, String)>> {
@@ -311,18 +295,6 @@ impl fmt::Display for DockerCmd {
             write!(f, " {}", shell_quote(arg))?;
         }
         Ok(())
-    }
-}
-
-fn shell_quote(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:@=,+".contains(c))
-    {
-        value.to_owned()
-    } else {
-        format!("'{}'", value.replace('\'', r"'\''"))
     }
 }
 
@@ -853,17 +825,6 @@ mod tests {
             })
             .is_err()
         );
-    }
-
-    #[test]
-    fn platforms_are_the_pinned_goose_architectures() {
-        assert_eq!(parse_platforms(None).unwrap(), Vec::<String>::new());
-        assert_eq!(
-            parse_platforms(Some("linux/amd64, linux/arm64")).unwrap(),
-            ["linux/amd64", "linux/arm64"]
-        );
-        assert!(parse_platforms(Some("linux/riscv64")).is_err());
-        assert!(parse_platforms(Some("windows/amd64")).is_err());
     }
 
     #[test]

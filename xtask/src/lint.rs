@@ -5,7 +5,8 @@
 //! - docker/compose.yaml against the compose specification's JSON schema, as written
 //!   and with pins.env interpolated (which also proves every variable it needs is set);
 //! - `docker compose config` where the compose plugin exists (CI), skipped elsewhere;
-//! - consistency: versions set in pins.env only, and the files agreeing with each other.
+//! - consistency: versions set in pins.env only (rust-toolchain.toml included), and
+//!   the files agreeing with each other, read with TOML and YAML parsers.
 //!
 //! The pinned linters are installed first when missing (the same step as
 //! `cargo xtask tools`). Every check runs; the command fails if any did.
@@ -18,14 +19,17 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
+use crate::env_file;
 use crate::flags;
 use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
 use crate::pins::Pins;
-use crate::tools_lint;
+use crate::tools::lint as tools_lint;
 
 const WORKFLOWS_DIR: &str = ".github/workflows";
 /// Shapes the image's build context (the repository root).
 const DOCKERIGNORE: &str = ".dockerignore";
+/// The Rust toolchain for cargo and rustup; must agree with pins.env.
+const TOOLCHAIN_FILE: &str = "rust-toolchain.toml";
 /// Shell scripts checked with shellcheck.
 const SHELL_SCRIPTS: &[&str] = &[
     "docker/healthcheck.sh",
@@ -176,13 +180,13 @@ fn compose_schema(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result<St
     let compose_file = layout.root.join(COMPOSE_FILE);
     let text = fs::read_to_string(&compose_file)
         .with_context(|| format!("reading {}", compose_file.display()))?;
-    let interpolated =
-        interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).map_err(|problems| {
-            anyhow::anyhow!(
-                "{COMPOSE_FILE} cannot be interpolated from pins.env:\n  {}",
-                problems.join("\n  ")
-            )
-        })?;
+    let interpolated = env_file::interpolate(&text, |name| pins.get_opt(name).map(str::to_owned))
+        .map_err(|problems| {
+        anyhow::anyhow!(
+            "{COMPOSE_FILE} cannot be interpolated from pins.env:\n  {}",
+            problems.join("\n  ")
+        )
+    })?;
     let dir = layout.tools_dir().join("lint");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let resolved = dir.join("compose.pins-interpolated.yaml");
@@ -221,6 +225,7 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
     let dockerignore = read(DOCKERIGNORE)?;
     let manifest = read("Cargo.toml")?;
     let compose_text = read(COMPOSE_FILE)?;
+    let toolchain_file = read(TOOLCHAIN_FILE)?;
     let settings = compose::load_settings(&layout.root)?;
     let mut workflows = Vec::new();
     for path in workflow_files(&layout.root)?
@@ -236,6 +241,7 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
     problems.extend(dockerfile_problems(&dockerfile));
     problems.extend(build_context_problems(&manifest, &dockerignore));
     problems.extend(compose_problems(&compose_text));
+    problems.extend(toolchain_problems(&toolchain_file, pins));
     problems.extend(pin_problems(pins));
     problems.extend(settings_problems(&settings));
     for (path, text) in &workflows {
@@ -253,7 +259,7 @@ fn consistency(layout: &Layout, pins: &Pins) -> anyhow::Result<String> {
             problems.join("\n  ")
         );
     }
-    Ok("pins, build args, build context, credentials and action pins agree".into())
+    Ok("pins, toolchain, build args, build context, credentials and action pins agree".into())
 }
 
 /// The image is built from a context that `.dockerignore` empties and then refills
@@ -285,20 +291,19 @@ fn build_context_problems(manifest: &str, dockerignore: &str) -> Vec<String> {
         .collect()
 }
 
-/// The paths in the root manifest's `members = [...]` (on one line, as written).
+/// The paths in the root manifest's `[workspace] members`.
 fn workspace_members(manifest: &str) -> Option<Vec<String>> {
-    let line = manifest
-        .lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("members"))?;
-    let list = line.split_once('=')?.1.trim();
-    let list = list.strip_prefix('[')?.strip_suffix(']')?;
-    Some(
-        list.split(',')
-            .map(|item| item.trim().trim_matches('"').to_owned())
-            .filter(|item| !item.is_empty())
-            .collect(),
-    )
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        workspace: Workspace,
+    }
+    #[derive(serde::Deserialize)]
+    struct Workspace {
+        members: Vec<String>,
+    }
+    toml::from_str::<Manifest>(manifest)
+        .ok()
+        .map(|manifest| manifest.workspace.members)
 }
 
 /// Build args exactly as xtask passes them, none with a default, base images only
@@ -359,17 +364,40 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
 /// Images only through pins.env, and the build args of the writer equal to the
 /// Dockerfile's pinned ones.
 fn compose_problems(compose_text: &str) -> Vec<String> {
+    let compose: serde_yaml_ng::Value = match serde_yaml_ng::from_str(compose_text) {
+        Ok(compose) => compose,
+        Err(err) => return vec![format!("{COMPOSE_FILE}: not YAML: {err}")],
+    };
+    let Some(services) = compose.get("services").and_then(|s| s.as_mapping()) else {
+        return vec![format!("{COMPOSE_FILE}: no `services:`")];
+    };
     let mut problems = Vec::new();
-    for line in compose_text.lines().map(str::trim) {
-        if let Some(value) = line.strip_prefix("image:")
-            && !value.trim().starts_with("${")
+    let mut build_args = None;
+    for (name, service) in services {
+        let name = name.as_str().unwrap_or("?");
+        if let Some(image) = service.get("image").and_then(|i| i.as_str())
+            && !image.starts_with("${")
         {
             problems.push(format!(
-                "{COMPOSE_FILE}: `{line}` sets a tag; use a variable from pins.env"
+                "{COMPOSE_FILE}: service {name} sets `image: {image}`; use a variable from pins.env"
             ));
         }
+        if let Some(args) = service.get("build").and_then(|b| b.get("args")) {
+            build_args = args.as_mapping();
+        }
     }
-    let args = yaml_block(compose_text, "args:");
+    let args: Vec<(String, String)> = build_args
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| {
+            let text = |v: &serde_yaml_ng::Value| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{v:?}"))
+            };
+            (text(key), text(value))
+        })
+        .collect();
     let mut names: Vec<&str> = args.iter().map(|(key, _)| key.as_str()).collect();
     names.sort_unstable();
     let mut expected = PINNED_BUILD_ARGS.to_vec();
@@ -389,19 +417,28 @@ fn compose_problems(compose_text: &str) -> Vec<String> {
     problems
 }
 
-/// `key: value` lines indented under the first line equal to `header` (trimmed).
-fn yaml_block(text: &str, header: &str) -> Vec<(String, String)> {
-    let indent = |line: &str| line.len() - line.trim_start().len();
-    let mut lines = text.lines();
-    let Some(start) = lines.by_ref().find(|line| line.trim() == header) else {
-        return Vec::new();
+/// rust-toolchain.toml names the toolchain pins.env pins.
+fn toolchain_problems(toolchain_file: &str, pins: &Pins) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct ToolchainFile {
+        toolchain: Toolchain,
+    }
+    #[derive(serde::Deserialize)]
+    struct Toolchain {
+        channel: String,
+    }
+    let channel = match toml::from_str::<ToolchainFile>(toolchain_file) {
+        Ok(file) => file.toolchain.channel,
+        Err(err) => return vec![format!("{TOOLCHAIN_FILE}: no [toolchain] channel: {err}")],
     };
-    let base = indent(start);
-    lines
-        .take_while(|line| line.trim().is_empty() || indent(line) > base)
-        .filter_map(|line| line.trim().split_once(':'))
-        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-        .collect()
+    match pins.get("RUST_TOOLCHAIN") {
+        Ok(pinned) if pinned == channel => Vec::new(),
+        Ok(pinned) => vec![format!(
+            "{TOOLCHAIN_FILE}: channel {channel} differs from RUST_TOOLCHAIN={pinned} in pins.env; \
+             set both to the same release"
+        )],
+        Err(err) => vec![err.to_string()],
+    }
 }
 
 /// Pins that must agree with each other.
@@ -452,158 +489,83 @@ fn settings_problems(settings: &std::collections::BTreeMap<String, String>) -> V
     problems
 }
 
-/// Remote actions pinned to a full commit, and no floating runner images.
+/// Remote actions pinned to a full commit, and no floating runner images, in a
+/// workflow (`jobs`) or a composite action (`runs`).
 fn workflow_problems(workflow: &str) -> Vec<String> {
+    use serde_yaml_ng::Value;
+    let workflow: Value = match serde_yaml_ng::from_str(workflow) {
+        Ok(workflow) => workflow,
+        Err(err) => return vec![format!("not YAML: {err}")],
+    };
     let mut problems = Vec::new();
-    for (index, line) in workflow.lines().enumerate() {
-        let line = line.trim().trim_start_matches("- ");
-        if let Some(reference) = line.strip_prefix("uses:") {
-            let reference = reference.split('#').next().unwrap_or_default().trim();
-            if reference.starts_with("./") {
-                continue;
+    let mut check_uses = |place: &str, uses: Option<&Value>| {
+        let Some(reference) = uses.and_then(Value::as_str) else {
+            return;
+        };
+        let pinned = reference
+            .split_once('@')
+            .is_some_and(|(_, rev)| rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()));
+        if !reference.starts_with("./") && !pinned {
+            problems.push(format!(
+                "{place}: `{reference}` is not pinned to a full commit SHA"
+            ));
+        }
+    };
+    let mut runners = Vec::new();
+    let steps_of = |value: &Value| -> Vec<Value> {
+        value
+            .get("steps")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if let Some(jobs) = workflow.get("jobs").and_then(Value::as_mapping) {
+        for (name, job) in jobs {
+            let place = format!("jobs.{}", name.as_str().unwrap_or("?"));
+            match job.get("runs-on") {
+                Some(Value::String(runner)) => runners.push((place.clone(), runner.clone())),
+                Some(Value::Sequence(labels)) => runners.extend(
+                    labels
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|label| (place.clone(), label.to_owned())),
+                ),
+                _ => {}
             }
-            let pinned = reference.split_once('@').is_some_and(|(_, rev)| {
-                rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit())
-            });
-            if !pinned {
-                problems.push(format!(
-                    "line {}: `{reference}` is not pinned to a full commit SHA",
-                    index + 1
-                ));
+            check_uses(&place, job.get("uses"));
+            for (index, step) in steps_of(job).iter().enumerate() {
+                check_uses(&format!("{place}.steps[{index}]"), step.get("uses"));
             }
         }
-        if let Some(runner) = line.strip_prefix("runs-on:")
-            && runner.contains("-latest")
-        {
-            problems.push(format!(
-                "line {}: runs-on{runner} floats; name the image version",
-                index + 1
-            ));
+    }
+    if let Some(runs) = workflow.get("runs") {
+        for (index, step) in steps_of(runs).iter().enumerate() {
+            check_uses(&format!("runs.steps[{index}]"), step.get("uses"));
+        }
+    }
+    for (place, runner) in runners {
+        if runner.contains("-latest") {
+            problems.insert(
+                0,
+                format!("{place}: runs-on {runner} floats; name the image version"),
+            );
         }
     }
     problems
 }
 
-// ---- Interpolation -----------------------------------------------------------------
-
-/// Compose-style interpolation: `$$`, `$NAME`, `${NAME}`, `${NAME:-default}`,
-/// `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`, `${NAME:+alt}`,
-/// `${NAME+alt}`. A variable that is unset with no default is a problem, as is a
-/// `?` form whose variable is unset.
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, Vec<String>> {
-    let mut out = String::with_capacity(text.len());
-    let mut problems = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
-                problems.push(format!("unclosed `${{` in {:?}", first_line(after)));
-                break;
-            };
-            match substitute(&body[..end], &lookup) {
-                Ok(value) => out.push_str(&value),
-                Err(problem) => problems.push(problem),
-            }
-            rest = &body[end + 1..];
-        } else {
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if len == 0 {
-                out.push('$');
-            } else {
-                match substitute(&after[..len], &lookup) {
-                    Ok(value) => out.push_str(&value),
-                    Err(problem) => problems.push(problem),
-                }
-            }
-            rest = &after[len..];
-        }
-    }
-    out.push_str(rest);
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
-}
-
-fn substitute(expr: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let name_len = expr
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(expr.len());
-    let (name, op) = expr.split_at(name_len);
-    if name.is_empty() {
-        return Err(format!("`${{{expr}}}` names no variable"));
-    }
-    let value = lookup(name);
-    let set = value.is_some();
-    let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
-    let value = value.unwrap_or_default();
-    let (arg, needs_non_empty) = match op.strip_prefix(':') {
-        Some(rest) => (rest, true),
-        None => (op, false),
-    };
-    let present = if needs_non_empty { non_empty } else { set };
-    match arg.chars().next() {
-        None if op.is_empty() => {
-            if set {
-                Ok(value)
-            } else {
-                Err(format!("{name} is not set and has no default"))
-            }
-        }
-        Some('-') => Ok(if present { value } else { arg[1..].to_owned() }),
-        Some('?') => {
-            if present {
-                Ok(value)
-            } else {
-                Err(format!("{name} is required: {}", &arg[1..]))
-            }
-        }
-        Some('+') => Ok(if present {
-            arg[1..].to_owned()
-        } else {
-            String::new()
-        }),
-        _ => Err(format!("unsupported interpolation `${{{expr}}}`")),
-    }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
 
     #[test]
     fn every_workspace_member_must_be_in_the_build_context() {
-        let manifest = "[workspace]\nresolver = \"3\"\nmembers = [\"service\", \"bench\", \"xtask\", \"xtask/localenv\"]\n";
+        let manifest = "[workspace]\nresolver = \"3\"\nmembers = [\"service\", \"bench\", \"xtask\", \"localenv\"]\n";
         assert_eq!(
             workspace_members(manifest).unwrap(),
-            ["service", "bench", "xtask", "xtask/localenv"]
+            ["service", "bench", "xtask", "localenv"]
         );
-        let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n";
+        let ignore = "*\n!Cargo.toml\n!service/\n!xtask/\n!localenv/\n";
         assert_eq!(
             build_context_problems(manifest, ignore),
             [
@@ -615,40 +577,12 @@ mod tests {
     }
 
     #[test]
-    fn interpolation_follows_compose() {
-        let lookup = vars(&[("A", "1"), ("EMPTY", "")]);
-        let cases = [
-            ("x ${A} y", "x 1 y"),
-            ("$A/$A", "1/1"),
-            ("${B:-dflt}", "dflt"),
-            ("${EMPTY:-dflt}", "dflt"),
-            ("${EMPTY-dflt}", ""),
-            ("${A:?must}", "1"),
-            ("${A:+alt}", "alt"),
-            ("${B:+alt}", ""),
-            ("$$(hostname)", "$(hostname)"),
-            ("cost: 5$", "cost: 5$"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(interpolate(input, &lookup).unwrap(), expected, "{input}");
-        }
-        let problems = interpolate("${B:?set B} ${C} ${EMPTY:?x}", &lookup).unwrap_err();
-        assert_eq!(
-            problems,
-            [
-                "B is required: set B",
-                "C is not set and has no default",
-                "EMPTY is required: x"
-            ]
-        );
-    }
-
-    #[test]
     fn the_compose_file_interpolates_from_pins_alone() {
         let layout = Layout::workspace();
         let pins = Pins::load(&layout).unwrap();
         let text = fs::read_to_string(layout.root.join(COMPOSE_FILE)).unwrap();
-        let resolved = interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).unwrap();
+        let resolved =
+            env_file::interpolate(&text, |name| pins.get_opt(name).map(str::to_owned)).unwrap();
         assert!(resolved.contains(&format!("image: {}", pins.get("NATS_IMAGE").unwrap())));
         assert!(resolved.contains(&format!("image: {}", pins.get("CLICKHOUSE_IMAGE").unwrap())));
         assert!(resolved.contains("image: ponix-writer:dev"));
@@ -706,12 +640,13 @@ mod tests {
     }
 
     #[test]
-    fn yaml_blocks_end_at_the_dedent() {
-        let text = "a:\n  args:\n    X: 1\n\n    Y: ${Y}\n  next: 2\n";
-        assert_eq!(
-            yaml_block(text, "args:"),
-            [("X".into(), "1".into()), ("Y".into(), "${Y}".into())]
-        );
+    fn the_toolchain_file_must_name_the_pinned_toolchain() {
+        let pins = Pins::parse("RUST_TOOLCHAIN=1.95.0\n").unwrap();
+        assert!(toolchain_problems("[toolchain]\nchannel = \"1.95.0\"\n", &pins).is_empty());
+        let problems = toolchain_problems("[toolchain]\nchannel = \"1.94.1\"\n", &pins);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("differs from RUST_TOOLCHAIN=1.95.0"));
+        assert_eq!(toolchain_problems("[toolchain]\n", &pins).len(), 1);
     }
 
     #[test]
@@ -747,12 +682,25 @@ mod tests {
     #[test]
     fn workflow_rules() {
         let workflow = "jobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n\
-                        - uses: actions/checkout@v4\n\
-                        - uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1\n\
-                        - uses: ./.github/actions/setup\n";
+                        \x20     - uses: actions/checkout@v4\n\
+                        \x20     - uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1\n\
+                        \x20     - uses: ./.github/actions/setup\n\
+                        \x20     - run: 'echo uses: not/an-action@v1'\n";
         let problems = workflow_problems(workflow);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("ubuntu-latest"));
-        assert!(problems[1].contains("actions/checkout@v4"));
+        assert!(
+            problems[0].contains("jobs.a: runs-on ubuntu-latest"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("jobs.a.steps[0]: `actions/checkout@v4`"),
+            "{problems:?}"
+        );
+        let action = "runs:\n  using: composite\n  steps:\n    - uses: actions/setup-go@v6\n";
+        assert_eq!(
+            workflow_problems(action),
+            ["runs.steps[0]: `actions/setup-go@v6` is not pinned to a full commit SHA"]
+        );
+        assert_eq!(workflow_problems("jobs: [").len(), 1);
     }
 }

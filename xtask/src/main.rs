@@ -4,20 +4,22 @@
 //! lives in its own module with `fn run(self, sh: &Shell) -> anyhow::Result<()>`.
 
 mod bench;
+mod choices;
 mod compose;
 mod dev;
 mod down;
 mod drill;
 mod e2e;
+mod env_file;
 mod flags;
 mod fuzz;
 mod image;
 mod lint;
 mod pins;
 mod steps;
+#[cfg(test)]
+mod tidy;
 mod tools;
-mod tools_fuzz;
-mod tools_lint;
 mod up;
 
 use std::path::Path;

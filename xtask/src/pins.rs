@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 
 use localenv::Layout;
 
+use crate::env_file;
+
 #[derive(Debug, Clone)]
 pub struct Pins {
     values: BTreeMap<String, String>,
@@ -19,23 +21,13 @@ impl Pins {
         Pins::parse(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// `KEY=VALUE` lines; `#` starts a comment line. The same file is a docker
-    /// compose env file, so no quoting or interpolation is supported.
+    /// An env file (compose reads it too: see `env_file`) in which each key is
+    /// pinned once.
     pub fn parse(text: &str) -> anyhow::Result<Pins> {
         let mut values = BTreeMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                bail!("line {}: expected KEY=VALUE, found {line:?}", index + 1);
-            };
-            if values
-                .insert(key.trim().to_owned(), value.trim().to_owned())
-                .is_some()
-            {
-                bail!("line {}: {key} is pinned twice", index + 1);
+        for entry in env_file::parse(text)? {
+            if values.insert(entry.key.clone(), entry.value).is_some() {
+                bail!("line {}: {} is pinned twice", entry.line, entry.key);
             }
         }
         Ok(Pins { values })

@@ -9,7 +9,7 @@ use localenv::local::{self, Engine};
 impl flags::Up {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let layout = Layout::new(&sh.current_dir());
-        let engine = Engine::parse(self.clickhouse.as_deref())?;
+        let engine = Engine::choose(self.clickhouse)?;
         let endpoints = local::up(&layout, engine)?;
         eprintln!(
             "\nNATS {} and ClickHouse {} are up. Logs: {}\n\

@@ -1,6 +1,7 @@
 //! The local backend, shared by xtask (which starts and stops it) and testkit
 //! (which finds it, and freezes or restarts its processes in failure drills).
-//! Standard library only, so that xtask stays quick to compile.
+//! Blocking and light on dependencies (nix, ureq without TLS), so that xtask stays
+//! quick to compile.
 
 pub mod interrupt;
 pub mod layout;

@@ -12,6 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
 
 /// A process recorded in `run_dir`, with its output appended to `log`.
 #[derive(Debug, Clone)]
@@ -77,7 +80,7 @@ impl Recorded {
             }
             if Instant::now() >= deadline {
                 // Still our unreaped child, so the pid cannot have been recycled.
-                let _ = signal(self.pid, libc::SIGKILL);
+                let _ = signal(self.pid, Signal::SIGKILL as i32);
                 bail!(
                     "{} (pid {}) did not show its command line within {EXEC_VISIBLE_TIMEOUT:?} of being started; killed it",
                     self.name,
@@ -141,15 +144,16 @@ impl Recorded {
     }
 
     pub fn freeze(&self) -> anyhow::Result<()> {
-        signal(self.pid, libc::SIGSTOP).with_context(|| format!("freezing {}", self.name))
+        signal(self.pid, Signal::SIGSTOP as i32).with_context(|| format!("freezing {}", self.name))
     }
 
     pub fn resume(&self) -> anyhow::Result<()> {
-        signal(self.pid, libc::SIGCONT).with_context(|| format!("resuming {}", self.name))
+        signal(self.pid, Signal::SIGCONT as i32).with_context(|| format!("resuming {}", self.name))
     }
 
     pub fn kill(&self) -> anyhow::Result<()> {
-        signal(self.pid, libc::SIGKILL).with_context(|| format!("killing {}", self.name))?;
+        signal(self.pid, Signal::SIGKILL as i32)
+            .with_context(|| format!("killing {}", self.name))?;
         self.wait_gone(Duration::from_secs(10))
     }
 
@@ -158,8 +162,9 @@ impl Recorded {
         if !self.is_alive() {
             return Ok(());
         }
-        let _ = signal(self.pid, libc::SIGCONT);
-        signal(self.pid, libc::SIGTERM).with_context(|| format!("stopping {}", self.name))?;
+        let _ = signal(self.pid, Signal::SIGCONT as i32);
+        signal(self.pid, Signal::SIGTERM as i32)
+            .with_context(|| format!("stopping {}", self.name))?;
         if self.wait_gone(timeout).is_err() {
             eprintln!(
                 "{} (pid {}) ignored SIGTERM for {timeout:?}; killing it",
@@ -269,27 +274,26 @@ fn look(pid: u32) -> Seen {
 }
 
 /// Collects the exit status if `pid` is an exited child of ours, so it does not
-/// linger as a zombie; a no-op for any other process.
+/// linger as a zombie; a no-op for any other process (waitpid fails with ECHILD).
 fn reap_if_our_child(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: waitpid(2) with WNOHANG and a null status pointer only queries.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 
 /// Asks any process to shut down gracefully.
 pub fn terminate(pid: u32) -> std::io::Result<()> {
-    signal(pid, libc::SIGTERM)
+    signal(pid, Signal::SIGTERM as i32)
 }
 
+/// kill(2): `signal` is a signal number, or 0 to ask only whether `pid` exists.
 pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
     let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let signal = match signal {
+        0 => None,
+        number => Some(Signal::try_from(number).map_err(std::io::Error::from)?),
+    };
+    nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

@@ -7,19 +7,23 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nix::sys::signal::{SigHandler, Signal};
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(_: std::ffi::c_int) {
     // Only an atomic store: the one thing that is async-signal-safe here.
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 /// Installs the handler for SIGINT and SIGTERM.
+// localenv's one unsafe call: installing a signal handler has no safe API,
+// because the handler must be async-signal-safe, which the compiler cannot check.
+#[allow(unsafe_code)]
 pub fn install() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only performs an atomic store.
-        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::Handler(on_signal)) };
     }
 }
 

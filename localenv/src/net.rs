@@ -1,15 +1,17 @@
-//! Just enough HTTP and NATS protocol to health-check local endpoints without
-//! pulling an async runtime into xtask.
+//! Health checks and test queries against local endpoints, without an async
+//! runtime in xtask: HTTP through ureq (plain HTTP/1.1 on loopback, no TLS), and
+//! just enough of the NATS protocol to ask JetStream whether it is ready.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A port the OS considers free right now, never one this process handed out
 /// before: a child (chDB takes seconds to boot) binds its port only later, and in
@@ -32,6 +34,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     }
 }
 
+#[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
     pub body: String,
@@ -39,66 +42,57 @@ pub struct HttpResponse {
 
 /// POSTs `body` to `http://127.0.0.1:{port}{path_and_query}`.
 pub fn http_post(port: u16, path_and_query: &str, body: &str) -> anyhow::Result<HttpResponse> {
-    http_request(port, "POST", path_and_query, body)
+    let url = format!("http://127.0.0.1:{port}{path_and_query}");
+    let response = agent()
+        .post(&url)
+        .send(body)
+        .with_context(|| format!("POST {url}"))?;
+    read_response(response, &url)
 }
 
+/// GETs `http://127.0.0.1:{port}{path_and_query}`.
 pub fn http_get(port: u16, path_and_query: &str) -> anyhow::Result<HttpResponse> {
-    http_request(port, "GET", path_and_query, "")
+    let url = format!("http://127.0.0.1:{port}{path_and_query}");
+    let response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    read_response(response, &url)
 }
 
-fn http_request(port: u16, method: &str, path: &str, body: &str) -> anyhow::Result<HttpResponse> {
-    let mut stream = connect(("127.0.0.1", port))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .context("reading the HTTP response")?;
-    parse_http_response(&raw)
+/// Probes and test queries against loopback servers: any status is an answer (the
+/// caller judges it), no proxy from the environment, and no kept-alive connection,
+/// since the servers probed are stopped and restarted on the same port.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_idle_connections(0)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .build()
+            .into()
+    })
 }
 
-fn parse_http_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("HTTP response without a status code")?;
-    let chunked = head.lines().any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with("transfer-encoding:") && line.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
+fn read_response(
+    mut response: ureq::http::Response<ureq::Body>,
+    url: &str,
+) -> anyhow::Result<HttpResponse> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the response of {url}"))?;
     Ok(HttpResponse { status, body })
-}
-
-fn dechunk(mut rest: &str) -> anyhow::Result<String> {
-    let mut body = String::new();
-    loop {
-        let (size_line, after) = rest.split_once("\r\n").context("truncated chunked body")?;
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .context("bad chunk size")?;
-        if size == 0 {
-            return Ok(body);
-        }
-        body.push_str(after.get(..size).context("truncated chunk")?);
-        rest = after.get(size + 2..).context("truncated chunk")?;
-    }
 }
 
 fn connect(addr: impl ToSocketAddrs) -> anyhow::Result<TcpStream> {
     let addr = addr.to_socket_addrs()?.next().context("no address")?;
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -184,17 +178,65 @@ mod tests {
         assert_eq!(distinct.len(), ports.len());
     }
 
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let plain =
-            parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nOk.\n").unwrap();
-        assert_eq!((plain.status, plain.body.as_str()), (200, "Ok.\n"));
+    /// Serves one canned response on a loopback port and returns the request it got.
+    fn serve_once(response: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut content_length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(length) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    content_length = length.trim().parse().unwrap();
+                }
+                request.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; content_length];
+            reader.read_exact(&mut body).unwrap();
+            request.push_str(&String::from_utf8(body).unwrap());
+            (&stream).write_all(response.as_bytes()).unwrap();
+            request
+        });
+        (port, server)
+    }
 
-        let chunked = parse_http_response(
-            b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nCode:\r\n3\r\n 60\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((chunked.status, chunked.body.as_str()), (500, "Code: 60"));
+    #[test]
+    fn an_error_status_is_an_answer_and_chunked_bodies_are_joined() {
+        let (port, server) = serve_once(
+            "HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             5\r\nCode:\r\n3\r\n 60\r\n0\r\n\r\n",
+        );
+        let response = http_post(port, "/?query=x", "SELECT 1").unwrap();
+        assert_eq!((response.status, response.body.as_str()), (500, "Code: 60"));
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /?query=x HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\nSELECT 1"), "{request}");
+    }
+
+    #[test]
+    fn a_plain_response_is_read_whole() {
+        let (port, server) =
+            serve_once("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nOk.\n");
+        let response = http_get(port, "/ping").unwrap();
+        assert_eq!((response.status, response.body.as_str()), (200, "Ok.\n"));
+        assert!(server.join().unwrap().starts_with("GET /ping HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn nothing_listening_is_an_error_naming_the_url() {
+        let port = free_port().unwrap();
+        let err = http_get(port, "/readyz").unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("GET http://127.0.0.1:{port}/readyz")));
     }
 
     #[test]

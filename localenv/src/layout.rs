@@ -17,14 +17,9 @@ impl Layout {
 
     /// The layout of the workspace this crate was built in.
     pub fn workspace() -> Self {
-        // This crate sits at <root>/xtask/localenv.
+        // This crate sits at <root>/localenv.
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        Layout::new(
-            manifest_dir
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(manifest_dir),
-        )
+        Layout::new(manifest_dir.parent().unwrap_or(manifest_dir))
     }
 
     pub fn tools_dir(&self) -> PathBuf {

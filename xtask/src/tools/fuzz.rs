@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use localenv::Layout;
 use xshell::{Shell, cmd};
 
+use super::install::{installed_version, reports};
 use crate::pins::Pins;
-use crate::tools::{installed_version, reports};
 
 pub const PIN: &str = "CARGO_FUZZ_VERSION";
 

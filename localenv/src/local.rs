@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use crate::layout::Layout;
 use crate::net::{self, free_port, http_get, http_post, wait_until};
 use crate::process::{Recorded, log_tail};
+use crate::text::shell_quote;
 
 pub const NATS: &str = "nats";
 pub const CLICKHOUSE: &str = "clickhouse";
@@ -26,21 +27,32 @@ pub enum Engine {
     Server,
 }
 
-impl Engine {
-    /// `None` picks `server` where a `clickhouse` binary is on PATH, else chDB.
-    pub fn parse(choice: Option<&str>) -> anyhow::Result<Engine> {
+/// `--clickhouse chdb` or `--clickhouse server`.
+impl std::str::FromStr for Engine {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<Engine> {
         match choice {
-            Some("chdb") => Ok(Engine::Chdb),
-            Some("server") => {
+            "chdb" => Ok(Engine::Chdb),
+            "server" => Ok(Engine::Server),
+            other => bail!("unknown ClickHouse engine {other:?}: expected `chdb` or `server`"),
+        }
+    }
+}
+
+impl Engine {
+    /// The engine to run here: the one asked for, which must be available, or with
+    /// none asked for, `server` where a `clickhouse` binary is on PATH, else chDB.
+    pub fn choose(choice: Option<Engine>) -> anyhow::Result<Engine> {
+        match choice {
+            Some(Engine::Server) => {
                 find_on_path("clickhouse").context(
                     "`--clickhouse server` needs a `clickhouse` binary on PATH; \
                      use `--clickhouse chdb` or install ClickHouse",
                 )?;
                 Ok(Engine::Server)
             }
-            Some(other) => {
-                bail!("unknown ClickHouse engine {other:?}: expected `chdb` or `server`")
-            }
+            Some(Engine::Chdb) => Ok(Engine::Chdb),
             None if find_on_path("clickhouse").is_some() => Ok(Engine::Server),
             None => Ok(Engine::Chdb),
         }
@@ -392,19 +404,6 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Single-quotes a value for POSIX shells where it needs it.
-fn shell_quote(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:@".contains(c))
-    {
-        value.to_owned()
-    } else {
-        format!("'{}'", value.replace('\'', r"'\''"))
-    }
-}
-
 /// The environment `up` started, torn down (processes stopped, data removed
 /// unless kept) when dropped, so that an error or panic leaves nothing behind.
 #[must_use = "the environment is torn down when this guard drops"]
@@ -451,16 +450,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_quote_values_for_the_shell() {
-        assert_eq!(
-            shell_quote("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-    }
-
-    #[test]
     fn exports_name_every_endpoint() {
         let layout = Layout::new(Path::new("/project"));
         let endpoints = Endpoints {
@@ -487,7 +476,9 @@ mod tests {
 
     #[test]
     fn engine_choice_is_validated() {
-        assert_eq!(Engine::parse(Some("chdb")).unwrap(), Engine::Chdb);
-        assert!(Engine::parse(Some("postgres")).is_err());
+        assert_eq!("chdb".parse::<Engine>().unwrap(), Engine::Chdb);
+        assert_eq!("server".parse::<Engine>().unwrap(), Engine::Server);
+        assert!("postgres".parse::<Engine>().is_err());
+        assert_eq!(Engine::choose(Some(Engine::Chdb)).unwrap(), Engine::Chdb);
     }
 }

@@ -5,17 +5,16 @@
 //!
 //! Each step is a no-op when the pinned version is already there.
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
-use localenv::local::find_on_path;
-use xshell::{Shell, cmd};
+use xshell::Shell;
 
+use super::install::{GoTool, Venv, install_go_tool, installed_version};
 use crate::pins::Pins;
-use crate::tools::{GoTool, install_go_tool, installed_version};
 
 /// The PyPI linters: (package, its pin in pins.env, the executable it installs).
 pub const PYTHON_LINTERS: &[(&str, &str, &str)] = &[
@@ -88,40 +87,29 @@ fn install_lint_venv(sh: &Shell, layout: &Layout, pins: &Pins) -> anyhow::Result
     let constraints_path = layout.root.join(CONSTRAINTS_FILE);
     let constraints = fs::read_to_string(&constraints_path)
         .with_context(|| format!("reading {}", constraints_path.display()))?;
-    let stamp_text = format!("{}\n{constraints}", requirements.join("\n"));
-    let venv = lint_venv(layout);
-    let stamp = venv.join("installed.txt");
-    let label = requirements.join(", ");
-    let all_there = PYTHON_LINTERS
-        .iter()
-        .all(|(_, _, bin)| lint_venv_bin(layout, bin).exists());
-    if all_there && fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str()) {
-        eprintln!("[tools] {label}: already installed");
-        return Ok(());
+    let mut pip_args: Vec<OsString> = vec!["--constraint".into(), constraints_path.into()];
+    pip_args.extend(requirements.iter().map(OsString::from));
+    let check = |sh: &Shell| {
+        for (_, _, bin) in PYTHON_LINTERS {
+            let path = lint_venv_bin(layout, bin);
+            installed_version(sh, &path, "--version")
+                .with_context(|| format!("{} does not run", path.display()))?;
+        }
+        Ok(())
+    };
+    Venv {
+        label: &requirements.join(", "),
+        dir: lint_venv(layout),
+        stamp: "installed.txt",
+        recipe: format!("{}\n{constraints}", requirements.join("\n")),
+        pip_args,
+        expected: PYTHON_LINTERS
+            .iter()
+            .map(|(_, _, bin)| lint_venv_bin(layout, bin))
+            .collect(),
+        check: &check,
     }
-    let python = find_on_path("python3").context(
-        "python3 not found: install Python 3.9+ with venv support (Debian: apt-get install python3-venv)",
-    )?;
-    if venv.exists() {
-        fs::remove_dir_all(&venv).with_context(|| format!("removing stale {}", venv.display()))?;
-    }
-    let started = Instant::now();
-    eprintln!("[tools] {label}: installing into {} ...", venv.display());
-    cmd!(sh, "{python} -m venv {venv}")
-        .run()
-        .context("creating the virtualenv failed: install python3-venv (Debian: apt-get install python3-venv)")?;
-    let pip = venv.join("bin").join("pip");
-    cmd!(sh, "{pip} install --quiet --disable-pip-version-check --no-input --constraint {constraints_path} {requirements...}")
-        .run()
-        .context("pip could not install the pinned linters; check that PyPI is reachable")?;
-    for (_, _, bin) in PYTHON_LINTERS {
-        let path = lint_venv_bin(layout, bin);
-        installed_version(sh, &path, "--version")
-            .with_context(|| format!("{} was installed but does not run", path.display()))?;
-    }
-    fs::write(&stamp, stamp_text)?;
-    eprintln!("[tools] {label}: installed in {:.0?}", started.elapsed());
-    Ok(())
+    .install(sh)
 }
 
 #[cfg(test)]
