@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use read::{ConfigError, VarError};
 pub(crate) use syntax::percent_encode_userinfo;
-pub use vars::{Form, VARIABLES, Var, VarDefault, help_text, readme_table};
+pub use vars::{Form, VARIABLES, Var, VarDefault, help_text};
 
 /// A value that must never be printed: Debug and Display show `***`.
 #[derive(Clone, Default, PartialEq, Eq)]

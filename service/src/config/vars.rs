@@ -302,8 +302,9 @@ pub fn help_text() -> String {
 
 /// The README's configuration table, generated from [`VARIABLES`]. A test checks that
 /// README.md holds exactly this; `UPDATE_README=1 cargo test -p ponix-writer --lib
-/// readme` rewrites it there.
-pub fn readme_table() -> String {
+/// readme` rewrites it there. Built for tests only: that test is its one reader.
+#[cfg(test)]
+fn readme_table() -> String {
     let mut out =
         String::from("| Variable | Default | Expected form | Description |\n|---|---|---|---|\n");
     for var in VARIABLES {
