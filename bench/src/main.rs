@@ -141,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
     );
 
     phase("migrations (goose up)");
-    let dsn = config.goose_dsn();
+    let dsn = ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse);
     ponix_writer::migrate::run(
         &config.migrations,
         &dsn,

@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::process::Command;
 
-use crate::config::{MigrationsConfig, Secret};
+use crate::config::{ClickHouseConfig, MigrationsConfig, Secret, percent_encode_userinfo};
 use crate::lease::{self, Holder, LeaseConfig, LeaseError};
 
 /// The JetStream key-value bucket holding the migration lease, one key per database.
@@ -207,6 +207,26 @@ fn spawn_error(binary: &Path, source: io::Error) -> MigrateError {
     }
 }
 
+/// The clickhouse-go v2 DSN goose connects with: `PONIX_CLICKHOUSE_GOOSE_DSN` if set,
+/// else `http://user:pass@host:port/database` from the ClickHouse URL (same scheme,
+/// HTTP interface) with the user and password percent-encoded.
+pub fn goose_dsn(migrations: &MigrationsConfig, clickhouse: &ClickHouseConfig) -> Secret {
+    if let Some(dsn) = &migrations.dsn_override {
+        return dsn.clone();
+    }
+    let base = clickhouse.url.trim_end_matches('/');
+    let (scheme, authority) = base.split_once("://").unwrap_or(("http", base));
+    let mut userinfo = percent_encode_userinfo(&clickhouse.username);
+    if !clickhouse.password.expose().is_empty() {
+        userinfo.push(':');
+        userinfo.push_str(&percent_encode_userinfo(clickhouse.password.expose()));
+    }
+    Secret::new(format!(
+        "{scheme}://{userinfo}@{authority}/{}",
+        clickhouse.database
+    ))
+}
+
 /// Removes credentials from text before it is logged or put in an error:
 /// - every occurrence of each non-empty secret, as given and percent-encoded;
 /// - the password part of any `scheme://user:password@` in the text, whatever it is
@@ -217,7 +237,7 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut needles: Vec<String> = secrets
         .iter()
         .filter(|s| !s.is_empty())
-        .flat_map(|s| [(*s).to_owned(), percent_encode(s)])
+        .flat_map(|s| [(*s).to_owned(), percent_encode_userinfo(s)])
         .collect();
     needles.sort_by_key(|s| std::cmp::Reverse(s.len()));
     needles.dedup();
@@ -250,19 +270,6 @@ fn scrub_userinfo(text: &str) -> String {
         rest = &tail_part[end..];
     }
     out.push_str(rest);
-    out
-}
-
-/// RFC 3986 userinfo encoding: everything but unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
     out
 }
 
@@ -311,9 +318,40 @@ mod tests {
     }
 
     #[test]
-    fn percent_encoding_matches_userinfo_rules() {
-        assert_eq!(percent_encode("a-b.c_d~e"), "a-b.c_d~e");
-        assert_eq!(percent_encode("p@ss:w/rd é"), "p%40ss%3Aw%2Frd%20%C3%A9");
+    fn goose_dsn_is_derived_from_the_clickhouse_settings() {
+        let dsn = |vars: &[(&str, &str)]| {
+            let c = load(vars).unwrap();
+            goose_dsn(&c.migrations, &c.clickhouse).expose().to_owned()
+        };
+        assert_eq!(dsn(&[]), "http://default@127.0.0.1:8123/ponix");
+        assert_eq!(
+            dsn(&[
+                ("PONIX_CLICKHOUSE_URL", "https://ch.example:8443/"),
+                ("PONIX_CLICKHOUSE_USERNAME", "wri ter"),
+                ("PONIX_CLICKHOUSE_PASSWORD", "p@ss:w/rd%é"),
+                ("PONIX_CLICKHOUSE_DATABASE", "db"),
+            ]),
+            "https://wri%20ter:p%40ss%3Aw%2Frd%25%C3%A9@ch.example:8443/db"
+        );
+        assert_eq!(
+            dsn(&[("PONIX_CLICKHOUSE_URL", "http://[::1]:8123")]),
+            "http://default@[::1]:8123/ponix"
+        );
+        assert_eq!(
+            dsn(&[("PONIX_CLICKHOUSE_GOOSE_DSN", "clickhouse://a:b@c:9000/d")]),
+            "clickhouse://a:b@c:9000/d"
+        );
+        let c = load(&[("PONIX_CLICKHOUSE_PASSWORD", "hunter2")]).unwrap();
+        assert_eq!(
+            format!("{:?}", goose_dsn(&c.migrations, &c.clickhouse)),
+            "***"
+        );
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::from_vars(
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
     }
 
     #[test]

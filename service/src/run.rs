@@ -177,7 +177,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
         );
     }
     let js = jetstream::new(nats.clone());
-    let dsn = config.goose_dsn();
+    let dsn = migrate::goose_dsn(&config.migrations, &config.clickhouse);
     migrate::run_exclusively(
         &config.migrations,
         &js,

@@ -31,9 +31,13 @@ async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
 ) -> anyhow::Result<()> {
     support::fresh_database(&endpoints, DATABASE).await?;
     let config = support::writer_config(&endpoints, DATABASE)?;
-    ponix_writer::migrate::run(&config.migrations, &config.goose_dsn(), &[])
-        .await
-        .context("creating the table with the writer's migrations")?;
+    ponix_writer::migrate::run(
+        &config.migrations,
+        &ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse),
+        &[],
+    )
+    .await
+    .context("creating the table with the writer's migrations")?;
     let store = Store::new(&config.clickhouse);
     let reader = support::clickhouse(&endpoints, DATABASE);
     let runtime = tokio::runtime::Handle::current();

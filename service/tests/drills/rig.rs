@@ -240,7 +240,7 @@ impl Rig {
     /// Runs goose against the drill's database.
     pub fn goose(&self, args: &[&str]) -> anyhow::Result<String> {
         let config = self.writer_config()?;
-        let dsn = config.goose_dsn();
+        let dsn = ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse);
         let output = blocking(|| {
             Ok(std::process::Command::new(&config.migrations.goose_binary)
                 .arg("-dir")
