@@ -224,8 +224,7 @@ async fn a_batch_waiting_for_an_earlier_one_keeps_its_messages_in_progress(
     const ACK_WAIT_SECS: u64 = 3;
     const INSERT_TIMEOUT_SECS: u64 = 3 * ACK_WAIT_SECS;
     let names = Names::new("waiting");
-    let js = names.setup(&endpoints).await?;
-    names.create_stream(&js).await?;
+    let js = names.setup_with_stream(&endpoints).await?;
     let envelopes = simple_envelopes(2 * BATCH, "waiting");
     publish_all(&js, envelopes.iter().map(|e| names.message(e)).collect()).await?;
 
@@ -287,8 +286,7 @@ async fn drain_generated_backlog(
     vars: &[(&'static str, String)],
 ) -> anyhow::Result<String> {
     let names = Names::new(tag);
-    let js = names.setup(endpoints).await?;
-    names.create_stream(&js).await?;
+    let js = names.setup_with_stream(endpoints).await?;
 
     let envelopes = generated_envelopes(n, tag)?;
     let expected: Vec<ExpectedRow> = envelopes.iter().map(ExpectedRow::of).collect();
@@ -352,8 +350,7 @@ async fn a_mixed_batch_stores_the_valid_and_dead_letters_the_invalid(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     let names = Names::new("mixed");
-    let js = names.setup(&endpoints).await?;
-    names.create_stream(&js).await?;
+    let js = names.setup_with_stream(&endpoints).await?;
 
     let valid = simple_envelopes(30, "mixed");
     let invalid = invalid_messages();
@@ -660,8 +657,7 @@ async fn a_dead_letter_of_a_message_near_max_payload_lands(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
     let names = Names::new("maxpayload");
-    let js = names.setup(&endpoints).await?;
-    names.create_stream(&js).await?;
+    let js = names.setup_with_stream(&endpoints).await?;
     let max_payload = js.client().server_info().max_payload;
     // 0xFF bytes are no valid protobuf: the message is dead-lettered as undecodable.
     let big = vec![0xFFu8; max_payload - 256];
@@ -1115,6 +1111,14 @@ impl Names {
 
     async fn delete_streams(&self, js: &jetstream::Context) -> anyhow::Result<()> {
         support::delete_streams(js, &[&self.stream, &self.dead_letter_stream]).await
+    }
+
+    /// [`Names::setup`], then the stream as the writer would create it, so that
+    /// messages can be published before the writer starts.
+    async fn setup_with_stream(&self, endpoints: &Endpoints) -> anyhow::Result<jetstream::Context> {
+        let js = self.setup(endpoints).await?;
+        self.create_stream(&js).await?;
+        Ok(js)
     }
 
     /// Creates the stream as the writer would, so that messages can be published
