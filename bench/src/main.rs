@@ -14,7 +14,7 @@
 //!    with its insert concurrency, into a scratch copy of the table. No NATS.
 //! 4. **drain**: the writer binary started on the backlog; time from ready until the
 //!    consumer has nothing pending or unacknowledged, then its CPU time and peak RSS
-//!    (`wait4` after SIGTERM). The table must then hold exactly N rows.
+//!    (read from its exited, not yet reaped process after SIGTERM). The table must then hold exactly N rows.
 //! 5. **latency**: the table emptied, a new writer, envelopes published at a fixed
 //!    rate; a poller sees each row appear. Latency is publish → first poll that saw it.
 //!

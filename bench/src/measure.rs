@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use localenv::process::cpu_seconds;
 pub use localenv::text::thousands;
-use nix::unistd::{SysconfVar, sysconf};
 use tokio::time::Instant;
 
 /// Longest any phase may take before the bench gives up on it.
@@ -111,17 +111,6 @@ impl CpuClocks {
             bench: diff(now.bench, before.bench),
         }
     }
-}
-
-/// utime + stime of a process (all its threads) from /proc, in seconds.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; the fields after it are plain.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ")".
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = sysconf(SysconfVar::CLK_TCK).ok()??;
-    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 #[cfg(test)]

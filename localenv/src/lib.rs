@@ -1,13 +1,16 @@
 //! The local backend, shared by xtask (which starts and stops it) and testkit
-//! (which finds it, and freezes or restarts its processes in failure drills).
+//! (which finds it, and freezes or restarts its processes in failure drills), and
+//! the one way to run the writer binary and goose.
 //! Blocking and light on dependencies (nix, ureq without TLS), so that xtask stays
 //! quick to compile.
 
+pub mod goose;
 pub mod interrupt;
 pub mod layout;
 pub mod local;
 pub mod net;
 pub mod process;
 pub mod text;
+pub mod writer;
 
 pub use layout::Layout;

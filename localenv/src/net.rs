@@ -42,11 +42,24 @@ pub struct HttpResponse {
 
 /// POSTs `body` to `http://127.0.0.1:{port}{path_and_query}`.
 pub fn http_post(port: u16, path_and_query: &str, body: &str) -> anyhow::Result<HttpResponse> {
+    http_post_with_headers(port, path_and_query, &[], body)
+}
+
+/// [`http_post`] with request headers, for example ClickHouse's
+/// `X-ClickHouse-User`/`X-ClickHouse-Key`, which carry credentials without the
+/// URL encoding a query string would need (and without them in the URL an error quotes).
+pub fn http_post_with_headers(
+    port: u16,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
     let url = format!("http://127.0.0.1:{port}{path_and_query}");
-    let response = agent()
-        .post(&url)
-        .send(body)
-        .with_context(|| format!("POST {url}"))?;
+    let mut request = agent().post(&url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send(body).with_context(|| format!("POST {url}"))?;
     read_response(response, &url)
 }
 

@@ -296,6 +296,18 @@ pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
     nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(std::io::Error::from)
 }
 
+/// utime + stime of a process (all its threads) from /proc, in seconds: `pid` is a
+/// number or `self`. A zombie keeps its times until it is reaped. `None` without procfs.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after it are plain.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ")".
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -584,7 +584,7 @@ async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_afte
     )
     .await
     .with_context(|| format!("the writer's log ends with:\n{}", writer.log_tail(30)))?;
-    let response = testkit::localenv::net::http_get(writer.http_port, "/readyz")?;
+    let response = testkit::localenv::net::http_get(writer.http_port(), "/readyz")?;
     ensure!(
         response.status == 503
             && response.body.contains("ClickHouse unreachable")
@@ -635,7 +635,7 @@ async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_afte
     expect_metric(&metrics, "ponix_writer_naks_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_batches_held", &[], 0.0)?;
-    let ready = testkit::localenv::net::http_get(writer.http_port, "/readyz")?;
+    let ready = testkit::localenv::net::http_get(writer.http_port(), "/readyz")?;
     ensure!(
         ready.status == 200,
         "not ready after ClickHouse returned: {}",
@@ -765,10 +765,10 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
             SHUTDOWN_TIMEOUT_SECS.to_string(),
         ),
     ]);
-    let writer = names
+    let mut writer = names
         .start_writer(&js, "integration-hang-1", &private, &vars)
         .await?;
-    let log = writer.log.clone();
+    let log = writer.log().to_owned();
 
     let frozen = clickhouse
         .freeze()
@@ -783,9 +783,9 @@ async fn sigterm_during_a_hanging_insert_naks_the_batch_and_loses_nothing(
     eprintln!("hang: SIGTERM with a batch of {received} in flight");
 
     let sigterm = Instant::now();
-    let status = writer
-        .terminate(Duration::from_secs(INSERT_TIMEOUT_SECS + 5))
-        .await?;
+    let status =
+        support::writer::terminate(&mut writer, Duration::from_secs(INSERT_TIMEOUT_SECS + 5))
+            .await?;
     let exited_after = sigterm.elapsed();
     ensure!(
         status.success(),
@@ -864,10 +864,10 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
         ("PONIX_NATS_NAK_BACKOFF_MAX_MS", "1000".into()),
         ("PONIX_SHUTDOWN_TIMEOUT_SECS", "10".into()),
     ]);
-    let writer = names
+    let mut writer = names
         .start_writer(&js, "integration-slow-1", &private, &vars)
         .await?;
-    let log = writer.log.clone();
+    let log = writer.log().to_owned();
     support::wait_for("part of the backlog is stored", DRAIN_TIMEOUT, || async {
         let rows = metric(&writer.metrics()?, "ponix_writer_rows_inserted_total", &[]);
         Ok(if rows >= (2 * BATCH) as f64 {
@@ -904,7 +904,10 @@ async fn sigterm_during_a_slow_insert_finishes_the_batch_and_leaves_nothing_unac
         drop(frozen);
         seen
     };
-    let (status, seen) = tokio::join!(writer.terminate(Duration::from_secs(15)), resume);
+    let (status, seen) = tokio::join!(
+        support::writer::terminate(&mut writer, Duration::from_secs(15)),
+        resume
+    );
     let status = status?;
     seen?;
     ensure!(
@@ -1156,7 +1159,7 @@ impl Names {
         endpoints: &Endpoints,
         vars: &[(&str, String)],
     ) -> anyhow::Result<WriterProcess> {
-        let writer = WriterProcess::start(name, endpoints, vars).await?;
+        let writer = support::writer::start(name, endpoints, vars).await?;
         support::wait_for(
             "the writer's consumer exists",
             Duration::from_secs(30),
@@ -1196,9 +1199,9 @@ impl Names {
         .await
     }
 
-    async fn stop_writer(&self, writer: WriterProcess) -> anyhow::Result<()> {
-        let log = writer.log.clone();
-        let status = writer.terminate(Duration::from_secs(30)).await?;
+    async fn stop_writer(&self, mut writer: WriterProcess) -> anyhow::Result<()> {
+        let log = writer.log().to_owned();
+        let status = support::writer::terminate(&mut writer, Duration::from_secs(30)).await?;
         ensure!(
             status.success(),
             "the writer exited with {status} after SIGTERM:\n{}",

@@ -16,7 +16,6 @@ use anyhow::{Context, bail, ensure};
 use async_nats::jetstream;
 use ponix_writer::lease::{self, Holder, Lease, LeaseConfig, LeaseError};
 use ponix_writer::migrate::LEASE_BUCKET;
-use support::writer::WriterProcess;
 use testkit::Endpoints;
 use testkit::infra::Managed;
 use tokio::time::Instant;
@@ -240,7 +239,7 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
     )
     .await?;
 
-    let mut writer = WriterProcess::spawn(
+    let mut writer = support::writer::spawn(
         "lease-writer-waits",
         &endpoints,
         &[
@@ -254,14 +253,14 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
             "/readyz naming the lease holder",
             Duration::from_secs(60),
             || async {
-                Ok(match writer.readyz() {
+                Ok(match writer.readyz().map(|r| (r.status, r.body)) {
                     Ok((503, body)) if body.contains("migrations: not done yet; waiting for the migration lease, held by test-holder pid 1 since ") => Ok(body),
                     other => Err(format!("{other:?}")),
                 })
             },
         )
         .await?;
-        let log = std::fs::read_to_string(&writer.log)?;
+        let log = std::fs::read_to_string(&writer.log())?;
         ensure!(
             log.contains("waiting for the migration lease") && log.contains("test-holder pid 1 since "),
             "the writer's log does not say it waits for the lease held by the test:\n{}",
@@ -276,8 +275,8 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
     })
     .await??;
 
-    writer.wait_ready().await?;
-    let log = std::fs::read_to_string(&writer.log)?;
+    support::writer::wait_ready(&mut writer, support::writer::READY_TIMEOUT).await?;
+    let log = std::fs::read_to_string(&writer.log())?;
     ensure!(
         log.contains("migration lease taken") && log.contains("migration lease released"),
         "the writer did not take and release the lease:\n{}",
@@ -291,7 +290,7 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
         version > 0,
         "the writer did not migrate once it had the lease"
     );
-    let status = writer.terminate(Duration::from_secs(30)).await?;
+    let status = support::writer::terminate(&mut writer, Duration::from_secs(30)).await?;
     ensure!(status.success(), "the writer exited with {status}");
     Ok(())
 }
@@ -308,7 +307,7 @@ async fn a_failing_migration_under_the_lease_is_reported_without_the_secrets_and
     support::fresh_database(&endpoints, DATABASE).await?;
     let goose =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/failing-goose");
-    let mut writer = WriterProcess::spawn(
+    let mut writer = support::writer::spawn(
         "lease-failing-goose",
         &endpoints,
         &[
@@ -324,8 +323,8 @@ async fn a_failing_migration_under_the_lease_is_reported_without_the_secrets_and
             ),
         ],
     )?;
-    let status = writer.wait_exit(Duration::from_secs(60)).await?;
-    let log = std::fs::read_to_string(&writer.log)?;
+    let status = support::writer::wait_exit(&mut writer, Duration::from_secs(60)).await?;
+    let log = std::fs::read_to_string(&writer.log())?;
     ensure!(
         status.code() == Some(1),
         "the writer exited with {status}:\n{log}"
@@ -362,27 +361,8 @@ async fn a_writer_resumes_the_migration_of_a_holder_that_died(
     let newest = support::migrations::rebuilds(&endpoints.migrations_dir)?
         .pop()
         .context("no rebuild migration")?;
-    let goose = |args: &[&str]| -> anyhow::Result<()> {
-        let port = endpoints.clickhouse_port()?;
-        let output = std::process::Command::new(&endpoints.goose_binary)
-            .arg("-dir")
-            .arg(&endpoints.migrations_dir)
-            .arg("clickhouse")
-            .arg(format!(
-                "http://{}:{}@127.0.0.1:{port}/{DATABASE}",
-                endpoints.username, endpoints.password
-            ))
-            .args(args)
-            .output()
-            .context("running goose")?;
-        ensure!(
-            output.status.success(),
-            "goose {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    };
-    goose(&["up-to", &newest.previous])?;
+    let goose = endpoints.goose(DATABASE)?;
+    goose.run(&["up-to", &newest.previous])?;
     let client = support::clickhouse(&endpoints, DATABASE);
     // The dead holder's lease, in a bucket with a short TTL (the writer keeps the
     // bucket's), and the statements its goose ran before it died.
@@ -403,7 +383,7 @@ async fn a_writer_resumes_the_migration_of_a_holder_that_died(
     }
     drop(dead);
 
-    let mut writer = WriterProcess::spawn(
+    let mut writer = support::writer::spawn(
         "lease-dead-holder",
         &endpoints,
         &[
@@ -411,8 +391,8 @@ async fn a_writer_resumes_the_migration_of_a_holder_that_died(
             ("PONIX_CLICKHOUSE_DATABASE", DATABASE.to_owned()),
         ],
     )?;
-    writer.wait_ready().await?;
-    let log = std::fs::read_to_string(&writer.log)?;
+    support::writer::wait_ready(&mut writer, support::writer::READY_TIMEOUT).await?;
+    let log = std::fs::read_to_string(&writer.log())?;
     ensure!(
         log.contains("waiting for the migration lease") && log.contains("dead-holder pid 1"),
         "the writer did not wait for the dead holder's lease:\n{}",
@@ -438,7 +418,7 @@ async fn a_writer_resumes_the_migration_of_a_holder_that_died(
         leftovers == 0,
         "{leftovers} tables left besides the table and goose's"
     );
-    let status = writer.terminate(Duration::from_secs(30)).await?;
+    let status = support::writer::terminate(&mut writer, Duration::from_secs(30)).await?;
     ensure!(status.success(), "the writer exited with {status}");
     Ok(())
 }

@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -127,7 +125,7 @@ async fn goose_migrations_apply_roll_back_and_match_the_schema_snapshot(
 ) -> anyhow::Result<()> {
     support::fresh_database(&endpoints, DATABASE).await?;
     let client = support::clickhouse(&endpoints, DATABASE);
-    let goose = Goose::new(&endpoints, DATABASE)?;
+    let goose = endpoints.goose(DATABASE)?;
     let file_count = migration_files(&endpoints.migrations_dir)?.len();
 
     goose.run(&["up"])?;
@@ -202,7 +200,9 @@ async fn a_writer_inserting_during_the_newest_migration_loses_no_row(
 
     support::fresh_database(&endpoints, LIVE_DATABASE).await?;
     let client = support::clickhouse(&endpoints, LIVE_DATABASE);
-    Goose::new(&endpoints, LIVE_DATABASE)?.run(&["up-to", &previous_version])?;
+    endpoints
+        .goose(LIVE_DATABASE)?
+        .run(&["up-to", &previous_version])?;
 
     let store = Store::new(&writer_config(&endpoints, LIVE_DATABASE)?.clickhouse);
     let mut accepted = Vec::new();
@@ -271,7 +271,7 @@ async fn rebuild_migrations_killed_after_any_statement_and_run_again_lose_no_row
     let reference = {
         const REFERENCE: &str = "migrations_rerun_reference";
         support::fresh_database(&endpoints, REFERENCE).await?;
-        Goose::new(&endpoints, REFERENCE)?.run(&["up"])?;
+        endpoints.goose(REFERENCE)?.run(&["up"])?;
         schema(&support::clickhouse(&endpoints, REFERENCE))
             .await?
             .replace(REFERENCE, "DATABASE")
@@ -334,7 +334,9 @@ async fn an_insert_running_when_a_rebuild_guards_the_table_is_not_lost(
         .context("no rebuild migration")?;
     support::fresh_database(&endpoints, DATABASE).await?;
     let client = support::clickhouse(&endpoints, DATABASE);
-    Goose::new(&endpoints, DATABASE)?.run(&["up-to", &rebuild.previous])?;
+    endpoints
+        .goose(DATABASE)?
+        .run(&["up-to", &rebuild.previous])?;
     for statement in &rebuild.statements[..rebuild.exchange()] {
         client.query(statement).execute().await?;
     }
@@ -408,7 +410,7 @@ async fn rerun_after_kill(
 ) -> anyhow::Result<()> {
     support::fresh_database(endpoints, database).await?;
     let client = support::clickhouse(endpoints, database);
-    let goose = Goose::new(endpoints, database)?;
+    let goose = endpoints.goose(database)?;
     goose.run(&["up-to", previous_version])?;
     client.query(OLD_ROWS).execute().await?;
     let mut writer = LiveWriter::new(endpoints, database)?;
@@ -591,43 +593,4 @@ async fn schema(client: &Client) -> anyhow::Result<String> {
         }
     }
     Ok(text)
-}
-
-struct Goose {
-    binary: PathBuf,
-    dir: PathBuf,
-    dsn: String,
-}
-
-impl Goose {
-    fn new(endpoints: &Endpoints, database: &str) -> anyhow::Result<Goose> {
-        let port = endpoints.clickhouse_port()?;
-        Ok(Goose {
-            binary: endpoints.goose_binary.clone(),
-            dir: endpoints.migrations_dir.clone(),
-            dsn: format!(
-                "http://{}:{}@127.0.0.1:{port}/{database}",
-                endpoints.username, endpoints.password
-            ),
-        })
-    }
-
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(&self.binary)
-            .arg("-dir")
-            .arg(&self.dir)
-            .args(["clickhouse", &self.dsn])
-            .args(args)
-            .output()
-            .with_context(|| {
-                format!("running {}: run `cargo xtask tools`", self.binary.display())
-            })?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        ensure!(output.status.success(), "goose {args:?} failed:\n{text}");
-        Ok(text)
-    }
 }

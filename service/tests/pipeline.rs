@@ -11,7 +11,6 @@ use async_nats::jetstream;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use support::fixtures;
-use support::writer::WriterProcess;
 use testkit::Endpoints;
 
 testkit::integration_tests!(fixtures_are_stored_or_dead_lettered_as_the_snapshots_say);
@@ -77,7 +76,7 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
     support::delete_streams(&js, &[STREAM, DEAD_LETTER_STREAM]).await?;
     support::fresh_database(&endpoints, DATABASE).await?;
 
-    let writer = WriterProcess::start(
+    let mut writer = support::writer::start(
         "e2e-pipeline-writer",
         &endpoints,
         &[
@@ -118,7 +117,7 @@ async fn fixtures_are_stored_or_dead_lettered_as_the_snapshots_say(
         dead_letters.len()
     );
 
-    let status = writer.terminate(Duration::from_secs(30)).await?;
+    let status = support::writer::terminate(&mut writer, Duration::from_secs(30)).await?;
     ensure!(
         status.success(),
         "the writer exited with {status} after SIGTERM"

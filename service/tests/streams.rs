@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -175,7 +174,7 @@ async fn start_fresh(
     let js = connect(endpoints).await?;
     names.setup(endpoints, &js).await?;
     let writer =
-        WriterProcess::start(&format!("streams-{tag}"), endpoints, &names.vars(&[])).await?;
+        support::writer::start(&format!("streams-{tag}"), endpoints, &names.vars(&[])).await?;
     Ok((names, js, writer))
 }
 
@@ -193,24 +192,16 @@ fn expect_all(output: &str, needles: &[&str]) -> anyhow::Result<()> {
 /// Runs the writer until it exits by itself (it must, within `TIMEOUT`): its exit code
 /// and everything it printed.
 async fn run_to_exit(
+    name: &str,
     endpoints: &Endpoints,
     vars: &[(&'static str, String)],
 ) -> anyhow::Result<(Option<i32>, String)> {
-    let mut command = support::writer::writer_command(endpoints, 0);
-    command
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(TIMEOUT, command.output())
+    let mut writer = support::writer::spawn(name, endpoints, vars)?;
+    let status = support::writer::wait_exit(&mut writer, TIMEOUT)
         .await
-        .context("the writer did not exit by itself")?
-        .context("running ponix-writer")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.code(), text))
+        .context("the writer did not exit by itself")?;
+    let text = std::fs::read_to_string(writer.log()).context("reading the writer's log")?;
+    Ok((status.code(), text))
 }
 
 // ---------------------------------------------------------------------------
@@ -263,7 +254,7 @@ no_auth_user: "probe"
     let url = format!("nats://{USER}:{PASSWORD}@127.0.0.1:{port}");
     let mut vars = names.vars(&[("PONIX_LOG_LEVEL", "trace")]);
     vars.push(("PONIX_NATS_URL", url));
-    let writer = WriterProcess::start("streams-secret", &endpoints, &vars).await?;
+    let writer = support::writer::start("streams-secret", &endpoints, &vars).await?;
     names.publish(&js, &["d1", "d2", "d3"]).await?;
     names.wait_rows(&endpoints, 3).await?;
     let status = writer_terminate(writer).await?;
@@ -299,10 +290,10 @@ no_auth_user: "probe"
 
 /// SIGTERM, then the exit status and the whole output.
 async fn writer_terminate(
-    writer: WriterProcess,
+    mut writer: WriterProcess,
 ) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    let log = writer.log.clone();
-    let status = writer.terminate(TIMEOUT).await?;
+    let log = writer.log().to_owned();
+    let status = support::writer::terminate(&mut writer, TIMEOUT).await?;
     let text =
         std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     Ok((status, text))
@@ -375,7 +366,7 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
     .await
     .context("recreating the stream as an operator would")?;
 
-    let (code, output) = run_to_exit(&endpoints, &names.vars(&[])).await?;
+    let (code, output) = run_to_exit("streams-exit-identity", &endpoints, &names.vars(&[])).await?;
     ensure!(code == Some(1), "exit code {code:?}, expected 1:\n{output}");
     expect_all(
         &output,
@@ -396,7 +387,7 @@ async fn a_stream_recreated_elsewhere_is_refused_unless_reuse_is_allowed(
     ensure!(consumers == 0, "a refused writer created a consumer");
 
     // With the flag, the operator accepts the risk: the writer consumes.
-    let writer = WriterProcess::start(
+    let writer = support::writer::start(
         "streams-elsewhere-allowed",
         &endpoints,
         &names.vars(&[("PONIX_NATS_ALLOW_SEQUENCE_REUSE", "true")]),
@@ -441,7 +432,8 @@ async fn rows_stored_before_sequences_were_recorded_do_not_count(
         .await
         .context("storing a row as the migration keeps one from before the column")?;
 
-    let writer = WriterProcess::start("streams-legacy-again", &endpoints, &names.vars(&[])).await?;
+    let writer =
+        support::writer::start("streams-legacy-again", &endpoints, &names.vars(&[])).await?;
     names.publish(&js, &["a2"]).await?;
     let rows = names.wait_rows(&endpoints, 3).await?;
     ensure!(
@@ -480,8 +472,8 @@ async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
         .await
         .context("deleting the consumer, so that the next pull fails")?;
 
-    let log = writer.log.clone();
-    let status = writer.wait_exit(TIMEOUT).await?;
+    let log = writer.log().to_owned();
+    let status = support::writer::wait_exit(&mut writer, TIMEOUT).await?;
     let output = std::fs::read_to_string(&log)?;
     ensure!(status.code() == Some(1), "exit {status}:\n{output}");
     expect_all(
@@ -518,8 +510,12 @@ async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
     };
     ensure!(consumer_config().await? == (20, Duration::from_secs(30)));
 
-    let (code, output) =
-        run_to_exit(&endpoints, &names.vars(&[("PONIX_NATS_MAX_DELIVER", "5")])).await?;
+    let (code, output) = run_to_exit(
+        "streams-exit-max-deliver",
+        &endpoints,
+        &names.vars(&[("PONIX_NATS_MAX_DELIVER", "5")]),
+    )
+    .await?;
     ensure!(code == Some(1), "exit code {code:?}:\n{output}");
     expect_all(
         &output,
@@ -533,6 +529,7 @@ async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
         ],
     )?;
     let (code, output) = run_to_exit(
+        "streams-exit-ack-wait",
         &endpoints,
         &names.vars(&[("PONIX_NATS_ACK_WAIT_SECS", "10")]),
     )
@@ -549,7 +546,7 @@ async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
         .await?
         .delete_consumer(&names.consumer)
         .await?;
-    let writer = WriterProcess::start(
+    let writer = support::writer::start(
         "streams-mismatch-new",
         &endpoints,
         &names.vars(&[

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
+use localenv::goose::Goose;
 
 /// Set by `cargo xtask e2e`: a test that cannot find its infrastructure fails
 /// instead of being skipped.
@@ -76,6 +77,17 @@ impl Endpoints {
 
     pub fn nats_port(&self) -> anyhow::Result<u16> {
         port_of(&self.nats_url)
+    }
+
+    /// goose with these endpoints' migrations, against `database` on their ClickHouse.
+    pub fn goose(&self, database: &str) -> anyhow::Result<Goose> {
+        let dsn = Goose::local_dsn(
+            self.clickhouse_port()?,
+            &self.username,
+            &self.password,
+            database,
+        );
+        Ok(Goose::new(&self.goose_binary, &self.migrations_dir, dsn))
     }
 }
 

@@ -9,12 +9,14 @@
 //!   either private instances a test starts for itself or the shared ones.
 //! - [`snapshot`]: the insta settings with the one shared redaction table.
 //! - [`strategies`]: the one module of proptest strategies.
+//! - [`writer`]: the writer process, with waits for a Tokio runtime.
 
 pub mod endpoints;
 pub mod harness;
 pub mod infra;
 pub mod snapshot;
 pub mod strategies;
+pub mod writer;
 
 pub use endpoints::Endpoints;
 /// The local backend's process control and probes, for tests that need them directly.

@@ -4,8 +4,6 @@
 //! Against the chDB-backed endpoint these prove it is a faithful stand-in; the
 //! same tests pass against a real ClickHouse server.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, ensure};
@@ -13,6 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 use testkit::Endpoints;
+use testkit::localenv::goose::Goose;
 
 testkit::integration_tests!(
     clickhouse_rs_validated_lz4_insert_round_trips,
@@ -237,12 +236,14 @@ async fn goose_over_http_applies_reports_and_rolls_back(
         "-- +goose Up\n-- +goose StatementBegin\nCREATE TABLE second (at DateTime) ENGINE = MergeTree ORDER BY at;\n\
          -- +goose StatementEnd\n-- +goose Down\nDROP TABLE second;\n",
     )?;
-    let port = endpoints.clickhouse_port()?;
-    let dsn = format!(
-        "http://{}:{}@127.0.0.1:{port}/{database}",
-        endpoints.username, endpoints.password
+    let dsn = Goose::local_dsn(
+        endpoints.clickhouse_port()?,
+        &endpoints.username,
+        &endpoints.password,
+        &database,
     );
-    let goose = |args: &[&str]| goose(&endpoints.goose_binary, &migrations, &dsn, args);
+    let goose = Goose::new(&endpoints.goose_binary, &migrations, dsn);
+    let goose = |args: &[&str]| goose.run(args);
 
     goose(&["up"])?;
     ensure!(
@@ -271,23 +272,6 @@ async fn goose_over_http_applies_reports_and_rolls_back(
     );
     std::fs::remove_dir_all(&migrations)?;
     Ok(())
-}
-
-fn goose(binary: &Path, dir: &Path, dsn: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(binary)
-        .arg("-dir")
-        .arg(dir)
-        .args(["clickhouse", dsn])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}: run `cargo xtask tools`", binary.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    ensure!(output.status.success(), "goose {args:?} failed:\n{text}");
-    Ok(text)
 }
 
 async fn tables(client: &Client) -> anyhow::Result<Vec<String>> {

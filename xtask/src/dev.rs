@@ -5,15 +5,13 @@
 //! Every few seconds a line shows the rows stored so far, queried from
 //! ClickHouse. Ctrl-C stops the writer gracefully and tears everything down.
 
-use std::fs::File;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use localenv::Layout;
 use localenv::local::{Engine, Running};
-use localenv::net::{free_port, http_get, http_post, wait_until};
-use localenv::process::{log_tail, terminate};
+use localenv::net::{http_get, http_post_with_headers};
+use localenv::writer::{Log, WriterProcess};
 use xshell::{Shell, cmd};
 
 use crate::choices::Backend;
@@ -69,21 +67,17 @@ impl flags::Dev {
             .run()
             .context("building the writer")?;
         let binary = layout.root.join("target/debug/ponix-writer");
-        let http_port = free_port()?;
-        let log_path = layout.logs_dir().join("writer.log");
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
-
-        let mut command = Command::new(&binary);
-        command
-            .envs(environment.endpoints.env_vars(layout))
-            .env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("PONIX_DEMO_INTERVAL_MS", interval.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let writer = WriterChild(command.spawn().context("starting ponix-writer")?);
+        let mut vars: Vec<(String, String)> = environment
+            .endpoints
+            .env_vars(layout)
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        vars.push(("PONIX_DEMO_INTERVAL_MS".into(), interval.to_string()));
+        let log_path = layout.logs_dir().join("writer.log");
+        let writer = WriterProcess::spawn(&binary, &vars, &log_path, Log::Truncate)?;
+        let http_port = writer.http_port();
 
         let endpoints = &environment.endpoints;
         println!(
@@ -99,7 +93,7 @@ impl flags::Dev {
             port: endpoints.clickhouse_port,
             credentials: None,
         };
-        watch_rows(&clickhouse, http_port, &log_path, self.until_rows, writer)
+        watch_rows(&clickhouse, self.until_rows, writer)
     }
 
     fn run_compose(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
@@ -143,60 +137,31 @@ impl flags::Dev {
     }
 }
 
-/// Kills the writer if dev exits early through an error; a normal exit stops it
-/// gracefully first.
-struct WriterChild(Child);
-
-impl Drop for WriterChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// Waits for the writer, watches the rows until Ctrl-C (or `until_rows`), then stops
+/// the writer gracefully. An early error drops `writer`, which kills it.
 fn watch_rows(
     clickhouse: &RowCounter,
-    writer_port: u16,
-    log_path: &std::path::Path,
     until_rows: Option<u64>,
-    mut writer: WriterChild,
+    mut writer: WriterProcess,
 ) -> anyhow::Result<()> {
-    wait_until("ponix-writer /readyz", Duration::from_secs(120), || {
-        if let Some(status) = writer.0.try_wait()? {
-            bail!(
-                "ponix-writer exited with {status}:\n{}",
-                log_tail(log_path, 30)
-            );
-        }
-        let ready = http_get(writer_port, "/readyz")?;
-        if ready.status != 200 {
-            bail!("/readyz: {} {}", ready.status, ready.body.trim());
-        }
-        Ok(())
-    })?;
+    writer.wait_ready(Duration::from_secs(120))?;
     eprintln!("writer ready: migrations applied, consuming");
 
+    let writer_port = writer.http_port();
     let result = watch_rows_until_interrupted(clickhouse, writer_port, until_rows, || match writer
-        .0
-        .try_wait()?
-    {
+        .try_exit(
+    )? {
         Some(status) => bail!(
             "ponix-writer exited with {status}:\n{}",
-            log_tail(log_path, 30)
+            writer.log_tail(30)
         ),
         None => Ok(()),
     });
 
     // SIGTERM: the writer finishes its in-flight batch and exits.
-    terminate(writer.0.id()).context("stopping the writer")?;
-    let stopped = Instant::now();
-    while writer.0.try_wait()?.is_none() {
-        if stopped.elapsed() > Duration::from_secs(40) {
-            eprintln!("the writer did not exit within 40 s of SIGTERM; killing it");
-            break;
-        }
-        // Polling our own child's exit status.
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(err) = writer.terminate(Duration::from_secs(40)) {
+        eprintln!("{err:#}; killing it");
+        writer.kill()?;
     }
     result
 }
@@ -253,18 +218,18 @@ struct RowCounter {
 
 impl RowCounter {
     fn stored_rows(&self) -> anyhow::Result<u64> {
-        let mut path = "/?database=ponix".to_owned();
-        if let Some((user, password)) = &self.credentials {
-            path.push_str(&format!(
-                "&user={}&password={}",
-                url_encode(user),
-                url_encode(password)
-            ));
-        }
+        let headers: Vec<(&str, &str)> = match &self.credentials {
+            Some((user, password)) => vec![
+                ("X-ClickHouse-User", user.as_str()),
+                ("X-ClickHouse-Key", password.as_str()),
+            ],
+            None => Vec::new(),
+        };
         // FINAL: a redelivered message's second copy is not yet merged away.
-        let response = http_post(
+        let response = http_post_with_headers(
             self.port,
-            &path,
+            "/?database=ponix",
+            &headers,
             "SELECT count() FROM processed_envelopes FINAL",
         )
         .context("counting the stored rows")?;
@@ -277,18 +242,6 @@ impl RowCounter {
             .parse()
             .context("parsing the row count")
     }
-}
-
-fn url_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 fn port_of(url: &str) -> anyhow::Result<u16> {
@@ -305,12 +258,6 @@ mod tests {
     #[test]
     fn backend_flag_is_validated() {
         assert_eq!(choose_backend(Some(Backend::Local)), Backend::Local);
-    }
-
-    #[test]
-    fn credentials_are_url_encoded() {
-        assert_eq!(url_encode("ponix-dev_password.~"), "ponix-dev_password.~");
-        assert_eq!(url_encode("p@ss word&x"), "p%40ss%20word%26x");
     }
 
     #[test]

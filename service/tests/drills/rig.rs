@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use clickhouse::Row;
 use ponix_writer::consumer::{HEADER_DELIVERY_COUNT, HEADER_REASON};
 use serde::Deserialize;
 use testkit::infra::Managed;
 use testkit::localenv::Layout;
+use testkit::localenv::goose::Goose;
 use tokio::task::JoinHandle;
 
 use crate::plan::Plan;
@@ -241,27 +242,12 @@ impl Rig {
     pub fn goose(&self, args: &[&str]) -> anyhow::Result<String> {
         let config = self.writer_config()?;
         let dsn = ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse);
-        let output = blocking(|| {
-            Ok(std::process::Command::new(&config.migrations.goose_binary)
-                .arg("-dir")
-                .arg(&config.migrations.dir)
-                .args(["clickhouse", dsn.expose()])
-                .args(args)
-                .output()?)
-        })
-        .with_context(|| {
-            format!(
-                "running {}: run `cargo xtask tools`",
-                config.migrations.goose_binary.display()
-            )
-        })?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        let goose = Goose::new(
+            &config.migrations.goose_binary,
+            &config.migrations.dir,
+            dsn.expose(),
         );
-        ensure!(output.status.success(), "goose {args:?} failed:\n{text}");
-        Ok(text)
+        blocking(|| goose.run(args))
     }
 
     /// Merges would remove re-inserted copies at a time of their choosing; with them

@@ -812,7 +812,7 @@ pub async fn backlog(messages: u64) -> anyhow::Result<Report> {
     let publish_took = publish_started.elapsed();
 
     let started = Instant::now();
-    let writer = Writer::start(&rig.vars, &rig.log).await?;
+    let mut writer = Writer::start(&rig.vars, &rig.log).await?;
     rig.start_monitor();
     rig.wait_drained(drain_timeout(plan.total))
         .await

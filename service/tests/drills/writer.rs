@@ -2,21 +2,22 @@
 //! and the metrics it served, summed over every incarnation.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use testkit::localenv::{net, process};
-use tokio::process::{Child, Command};
+use anyhow::Context;
+use testkit::writer::{self, Log, WriterProcess};
 
-/// One run of `ponix-writer`. Its output is appended to the drill's log, so that the
-/// log covers every incarnation.
+/// How long a drill's writer may take to become ready: its migrations run first,
+/// on a machine the drill is loading.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One incarnation of `ponix-writer`, with the last metrics it served. Its output
+/// is appended to the drill's log, so that the log covers every incarnation.
 pub struct Writer {
-    child: Child,
-    pid: u32,
+    process: WriterProcess,
     pub http_port: u16,
-    log: PathBuf,
     /// The last `/metrics` scrape of this incarnation.
     last_scrape: Metrics,
 }
@@ -25,31 +26,11 @@ impl Writer {
     /// Starts the writer with exactly `vars` as its `PONIX_*` environment (the HTTP
     /// address is added), without waiting for anything.
     pub fn spawn(vars: &[(String, String)], log: &PathBuf) -> anyhow::Result<Writer> {
-        let http_port = net::free_port()?;
-        let log_file = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ponix-writer"));
-        for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("PONIX_")) {
-            command.env_remove(key);
-        }
-        command.envs(vars.iter().map(|(k, v)| (k, v)));
-        command.env("PONIX_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting ponix-writer")?;
-        let pid = child.id().context("the writer exited at once")?;
+        let binary = Path::new(env!("CARGO_BIN_EXE_ponix-writer"));
+        let process = WriterProcess::spawn(binary, vars, log, Log::Append)?;
         Ok(Writer {
-            child,
-            pid,
-            http_port,
-            log: log.clone(),
+            http_port: process.http_port(),
+            process,
             last_scrape: Metrics::default(),
         })
     }
@@ -62,43 +43,31 @@ impl Writer {
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        crate::support::writer::wait_until_ready(
-            &mut self.child,
-            self.http_port,
-            &self.log,
-            Duration::from_secs(90),
-        )
-        .await
+        writer::wait_ready(&mut self.process, READY_TIMEOUT).await
     }
 
     /// `/readyz`: the status and body, or `None` while it does not answer.
     pub fn readyz(&self) -> Option<(u16, String)> {
-        net::http_get(self.http_port, "/readyz")
-            .ok()
-            .map(|r| (r.status, r.body))
+        self.process.readyz().ok().map(|r| (r.status, r.body))
     }
 
     /// Scrapes `/metrics` and keeps the result as this incarnation's latest.
     pub fn scrape(&mut self) -> anyhow::Result<&Metrics> {
-        let body = net::http_get(self.http_port, "/metrics")
-            .with_context(|| format!("scraping the writer's /metrics (pid {})", self.pid))?
-            .body;
-        self.last_scrape = Metrics::parse(&body);
+        self.last_scrape = Metrics::parse(&self.process.metrics()?);
         Ok(&self.last_scrape)
     }
 
     /// Scrapes, but keeps the previous scrape if the writer does not answer.
     pub fn scrape_or_keep(&mut self) -> &Metrics {
-        if let Ok(response) = net::http_get(self.http_port, "/metrics") {
-            self.last_scrape = Metrics::parse(&response.body);
+        if let Ok(body) = self.process.metrics() {
+            self.last_scrape = Metrics::parse(&body);
         }
         &self.last_scrape
     }
 
     /// SIGKILL, as a crash would; returns the metrics last scraped from it.
     pub async fn kill(mut self) -> anyhow::Result<Metrics> {
-        self.child.start_kill().context("killing the writer")?;
-        self.child.wait().await?;
+        self.process.kill().context("killing the writer")?;
         Ok(self.last_scrape)
     }
 
@@ -106,28 +75,20 @@ impl Writer {
     /// metrics scraped just before.
     pub async fn terminate(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Metrics)> {
         self.scrape_or_keep();
-        process::terminate(self.pid)?;
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok((status?, self.last_scrape)),
-            Err(_) => bail!(
-                "ponix-writer did not exit within {timeout:?} of SIGTERM:\n{}",
-                self.log_tail(40)
-            ),
-        }
+        let status = writer::terminate(&mut self.process, timeout).await?;
+        Ok((status, self.last_scrape))
     }
 
-    /// `VmHWM` from /proc/<pid>/status: the peak resident set size, in KiB.
-    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    /// The peak resident set size so far, in KiB.
+    pub fn peak_rss_kib(&mut self) -> anyhow::Result<u64> {
+        self.process
+            .peak_rss_bytes()
+            .map(|bytes| bytes / 1024)
             .context("no VmHWM line in /proc/<pid>/status")
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        process::log_tail(&self.log, lines)
+        self.process.log_tail(lines)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Shared by the service's integration-test binaries (each includes it with
 //! `mod support;`, so not every binary uses every item).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod fixtures;
 pub mod migrations;
