@@ -15,9 +15,12 @@
 -- Keep this file's version: deployments that ran the seed's migrations have it
 -- recorded in goose_db_version.
 
+-- The table is named by PONIX_CLICKHOUSE_TABLE (the writer passes its configured
+-- name); run by hand without it, the default applies.
+-- +goose ENVSUB ON
 -- +goose Up
 -- +goose StatementBegin
-CREATE TABLE IF NOT EXISTS processed_envelopes
+CREATE TABLE IF NOT EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}
 (
     end_device_id String,
     occurred_at   DateTime('UTC'),
@@ -32,5 +35,5 @@ SETTINGS index_granularity = 8192;
 
 -- +goose Down
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd

@@ -40,13 +40,16 @@
 -- Operational note: writers that do not send organization_id (versions before it
 -- existed) are not refused; stop them while this runs.
 
+-- The table is named by PONIX_CLICKHOUSE_TABLE (the writer passes its configured
+-- name); run by hand without it, the default applies.
+-- +goose ENVSUB ON
 -- +goose Up
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS organization_id String MATERIALIZED '' FIRST;
+ALTER TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes} ADD COLUMN IF NOT EXISTS organization_id String MATERIALIZED '' FIRST;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes MODIFY COLUMN organization_id String MATERIALIZED '';
+ALTER TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes} MODIFY COLUMN organization_id String MATERIALIZED '';
 -- +goose StatementEnd
 
 -- An INSERT that began before the guard was checked against the old columns and
@@ -54,15 +57,15 @@ ALTER TABLE processed_envelopes MODIFY COLUMN organization_id String MATERIALIZE
 -- (or cancel it; the writer retries a cancelled INSERT) before copying.
 -- +goose StatementBegin
 KILL QUERY WHERE query_kind = 'Insert' AND current_database = currentDatabase()
-    AND match(lower(query), '\\bprocessed_envelopes\\b') SYNC;
+    AND match(lower(query), lower('\\b${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}\\b')) SYNC;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_new;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-CREATE TABLE processed_envelopes_new
+CREATE TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new
 (
     organization_id String,
     end_device_id   String,
@@ -77,17 +80,17 @@ SETTINGS index_granularity = 8192;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-INSERT INTO processed_envelopes_new (organization_id, end_device_id, occurred_at, processed_at, data)
+INSERT INTO ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new (organization_id, end_device_id, occurred_at, processed_at, data)
 SELECT organization_id, end_device_id, occurred_at, processed_at, data
-FROM processed_envelopes;
+FROM ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-EXCHANGE TABLES processed_envelopes_new AND processed_envelopes;
+EXCHANGE TABLES ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new AND ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_new;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new;
 -- +goose StatementEnd
 
 -- The reverse rebuild, with the same re-run guarantees: the copy names only the
@@ -96,11 +99,11 @@ DROP TABLE IF EXISTS processed_envelopes_new;
 
 -- +goose Down
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_old;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-CREATE TABLE processed_envelopes_old
+CREATE TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old
 (
     end_device_id String,
     occurred_at   DateTime('UTC'),
@@ -114,15 +117,15 @@ SETTINGS index_granularity = 8192;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-INSERT INTO processed_envelopes_old (end_device_id, occurred_at, processed_at, data)
+INSERT INTO ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old (end_device_id, occurred_at, processed_at, data)
 SELECT end_device_id, occurred_at, processed_at, data
-FROM processed_envelopes;
+FROM ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-EXCHANGE TABLES processed_envelopes_old AND processed_envelopes;
+EXCHANGE TABLES ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old AND ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_old;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old;
 -- +goose StatementEnd

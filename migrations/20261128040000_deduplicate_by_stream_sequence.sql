@@ -59,13 +59,16 @@
 -- are not refused; stop them while this runs. ponix-writer takes a lease before
 -- it runs goose, so replicas starting together migrate one at a time.
 
+-- The table is named by PONIX_CLICKHOUSE_TABLE (the writer passes its configured
+-- name); run by hand without it, the default applies.
+-- +goose ENVSUB ON
 -- +goose Up
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes ADD COLUMN IF NOT EXISTS stream_sequence UInt64 MATERIALIZED 0;
+ALTER TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes} ADD COLUMN IF NOT EXISTS stream_sequence UInt64 MATERIALIZED 0;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-ALTER TABLE processed_envelopes MODIFY COLUMN stream_sequence UInt64 MATERIALIZED 0;
+ALTER TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes} MODIFY COLUMN stream_sequence UInt64 MATERIALIZED 0;
 -- +goose StatementEnd
 
 -- An INSERT that began before the guard was checked against the old columns and
@@ -73,15 +76,15 @@ ALTER TABLE processed_envelopes MODIFY COLUMN stream_sequence UInt64 MATERIALIZE
 -- (or cancel it; the writer retries a cancelled INSERT) before copying.
 -- +goose StatementBegin
 KILL QUERY WHERE query_kind = 'Insert' AND current_database = currentDatabase()
-    AND match(lower(query), '\\bprocessed_envelopes\\b') SYNC;
+    AND match(lower(query), lower('\\b${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}\\b')) SYNC;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_new;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-CREATE TABLE processed_envelopes_new
+CREATE TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new
 (
     organization_id String,
     end_device_id   String,
@@ -97,19 +100,19 @@ SETTINGS index_granularity = 8192;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-INSERT INTO processed_envelopes_new (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence)
+INSERT INTO ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new (organization_id, end_device_id, occurred_at, processed_at, data, stream_sequence)
 SELECT
     organization_id, end_device_id, occurred_at, processed_at, data,
     if(stream_sequence = 0, 18446744073709551615 - rowNumberInAllBlocks(), stream_sequence)
-FROM processed_envelopes;
+FROM ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-EXCHANGE TABLES processed_envelopes_new AND processed_envelopes;
+EXCHANGE TABLES ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new AND ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_new;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_new;
 -- +goose StatementEnd
 
 -- The reverse rebuild, with the same re-run guarantees. The copy reads with
@@ -121,11 +124,11 @@ DROP TABLE IF EXISTS processed_envelopes_new;
 
 -- +goose Down
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_old;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-CREATE TABLE processed_envelopes_old
+CREATE TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old
 (
     organization_id String,
     end_device_id   String,
@@ -140,16 +143,16 @@ SETTINGS index_granularity = 8192;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-INSERT INTO processed_envelopes_old (organization_id, end_device_id, occurred_at, processed_at, data)
+INSERT INTO ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old (organization_id, end_device_id, occurred_at, processed_at, data)
 SELECT organization_id, end_device_id, occurred_at, processed_at, data
-FROM processed_envelopes
+FROM ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}
 SETTINGS final = 1;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-EXCHANGE TABLES processed_envelopes_old AND processed_envelopes;
+EXCHANGE TABLES ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old AND ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};
 -- +goose StatementEnd
 
 -- +goose StatementBegin
-DROP TABLE IF EXISTS processed_envelopes_old;
+DROP TABLE IF EXISTS ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}_old;
 -- +goose StatementEnd

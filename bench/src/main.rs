@@ -144,6 +144,7 @@ async fn run() -> anyhow::Result<()> {
     let dsn = ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse);
     ponix_writer::migrate::run(
         &config.migrations,
+        &config.clickhouse.table,
         &dsn,
         &[config.clickhouse.password.expose()],
     )

@@ -36,8 +36,40 @@ use tokio::process::Command;
 use crate::config::{ClickHouseConfig, MigrationsConfig, Secret, percent_encode_userinfo};
 use crate::lease::{self, Holder, LeaseConfig, LeaseError};
 
-/// The JetStream key-value bucket holding the migration lease, one key per database.
+/// The JetStream key-value bucket holding the migration lease, one key per migrated
+/// table (see [`lease_key`]).
 pub const LEASE_BUCKET: &str = "ponix_writer_migrations";
+
+/// The table the bundled migrations create when `PONIX_CLICKHOUSE_TABLE` is not set.
+/// The migrations name their table `${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}`
+/// (goose's `ENVSUB`), and the writer passes the configured name in that variable.
+pub const DEFAULT_TABLE: &str = "processed_envelopes";
+
+/// The variable goose substitutes the table name from.
+const TABLE_VAR: &str = "PONIX_CLICKHOUSE_TABLE";
+
+/// goose's version table for migrating `table`: goose's own default for the default
+/// table, so that deployments from before the name followed the configuration keep
+/// their history; a table of its own for any other, so that two tables in one
+/// database migrate independently.
+pub fn version_table(table: &str) -> String {
+    if table == DEFAULT_TABLE {
+        "goose_db_version".to_owned()
+    } else {
+        format!("goose_db_version_{table}")
+    }
+}
+
+/// The lease key for migrating `table` in `database`: the database alone for the
+/// default table (the key writers used before the name followed the configuration,
+/// so that old and new writers exclude each other during an upgrade), else both.
+pub fn lease_key(database: &str, table: &str) -> String {
+    if table == DEFAULT_TABLE {
+        database.to_owned()
+    } else {
+        format!("{database}.{table}")
+    }
+}
 
 /// How much of goose's output an error quotes (the end, where the cause is).
 const MAX_OUTPUT_IN_ERROR: usize = 4000;
@@ -90,25 +122,26 @@ impl std::fmt::Display for Progress {
     }
 }
 
-/// [`run`] while holding the migration lease for `database`: at most one writer
-/// migrates a database at a time. The lease bucket must be usable by
+/// [`run`] while holding the migration lease for `table` in `database`: at most one
+/// writer migrates a table at a time. The lease bucket must be usable by
 /// `startup_deadline`; `progress` is told who holds the lease while this writer waits
 /// for it, and when it runs goose.
 pub async fn run_exclusively(
     config: &MigrationsConfig,
     js: &jetstream::Context,
     database: &str,
+    table: &str,
     startup_deadline: tokio::time::Instant,
     dsn: &Secret,
     secrets: &[&str],
     mut progress: impl FnMut(Progress),
 ) -> Result<(), MigrateError> {
     if !config.enabled {
-        return run(config, dsn, secrets).await;
+        return run(config, table, dsn, secrets).await;
     }
     let lease_config = LeaseConfig {
         bucket: LEASE_BUCKET.to_owned(),
-        key: database.to_owned(),
+        key: lease_key(database, table),
         ttl: config.lease_ttl,
     };
     let bucket = lease::Bucket::open(js, &lease_config, startup_deadline).await?;
@@ -119,13 +152,15 @@ pub async fn run_exclusively(
         })
         .await?;
     progress(Progress::Migrating);
-    held.run(run(config, dsn, secrets)).await?
+    held.run(run(config, table, dsn, secrets)).await?
 }
 
-/// Runs `goose up` unless migrations are disabled. `dsn` is the goose/clickhouse-go
-/// DSN; `secrets` are further strings (the password) to remove from goose's output.
+/// Runs `goose up` for `table` unless migrations are disabled. `dsn` is the
+/// goose/clickhouse-go DSN; `secrets` are further strings (the password) to remove
+/// from goose's output.
 pub async fn run(
     config: &MigrationsConfig,
+    table: &str,
     dsn: &Secret,
     secrets: &[&str],
 ) -> Result<(), MigrateError> {
@@ -142,11 +177,12 @@ pub async fn run(
     tracing::info!(
         goose = %config.goose_binary.display(),
         dir = %config.dir.display(),
+        table,
         timeout = ?config.timeout,
         "running migrations"
     );
     let started = tokio::time::Instant::now();
-    let child = goose_command(&config.goose_binary, &config.dir, dsn)
+    let child = goose_command(&config.goose_binary, &config.dir, table, dsn)
         .spawn()
         .map_err(|source| spawn_error(&config.goose_binary, source))?;
 
@@ -179,7 +215,7 @@ pub async fn run(
     Ok(())
 }
 
-fn goose_command(binary: &Path, dir: &Path, dsn: &Secret) -> Command {
+fn goose_command(binary: &Path, dir: &Path, table: &str, dsn: &Secret) -> Command {
     let mut command = Command::new(binary);
     command
         .arg("-env")
@@ -187,7 +223,10 @@ fn goose_command(binary: &Path, dir: &Path, dsn: &Secret) -> Command {
         .arg("-no-color")
         .arg("-dir")
         .arg(dir)
+        .arg("-table")
+        .arg(version_table(table))
         .arg("up")
+        .env(TABLE_VAR, table)
         .env("GOOSE_DRIVER", "clickhouse")
         .env("GOOSE_DBSTRING", dsn.expose())
         .stdin(Stdio::null())
@@ -386,7 +425,9 @@ mod tests {
     async fn disabled_migrations_do_nothing() {
         let mut config = config("/nonexistent/goose", Path::new("/nonexistent"));
         config.enabled = false;
-        run(&config, &secret("x"), &[]).await.expect("skipped");
+        run(&config, DEFAULT_TABLE, &secret("x"), &[])
+            .await
+            .expect("skipped");
     }
 
     #[cfg(unix)]
@@ -396,6 +437,17 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("write fake goose");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         path
+    }
+
+    #[test]
+    fn the_default_table_keeps_gooses_version_table_and_the_old_lease_key() {
+        assert_eq!(version_table(DEFAULT_TABLE), "goose_db_version");
+        assert_eq!(lease_key("ponix", DEFAULT_TABLE), "ponix");
+        assert_eq!(
+            version_table("envelopes_eu"),
+            "goose_db_version_envelopes_eu"
+        );
+        assert_eq!(lease_key("ponix", "envelopes_eu"), "ponix.envelopes_eu");
     }
 
     /// Every case that spawns a process runs in this one test, one after the other:
@@ -415,14 +467,19 @@ mod tests {
         let failing = fake_goose(
             &dir,
             "failing",
-            r#"echo "args: $*" >&2; echo "dsn: $GOOSE_DBSTRING driver: $GOOSE_DRIVER" >&2; exit 3"#,
+            r#"echo "args: $*" >&2; echo "dsn: $GOOSE_DBSTRING driver: $GOOSE_DRIVER table: $PONIX_CLICKHOUSE_TABLE" >&2; exit 3"#,
         );
         let hung = fake_goose(&dir, "hung", "exec sleep 30");
 
         // Missing binary: an actionable message.
-        let error = run(&config("/nonexistent/goose", &dir), &secret(dsn), &[])
-            .await
-            .expect_err("must fail");
+        let error = run(
+            &config("/nonexistent/goose", &dir),
+            DEFAULT_TABLE,
+            &secret(dsn),
+            &[],
+        )
+        .await
+        .expect_err("must fail");
         let text = error.to_string();
         assert!(
             text.contains("goose binary not found at /nonexistent/goose"),
@@ -437,6 +494,7 @@ mod tests {
         // Missing migrations directory.
         let error = run(
             &config(ok.to_str().expect("utf-8"), &dir.join("nope")),
+            DEFAULT_TABLE,
             &secret(dsn),
             &[],
         )
@@ -447,6 +505,7 @@ mod tests {
         // Success.
         run(
             &config(ok.to_str().expect("utf-8"), &dir),
+            DEFAULT_TABLE,
             &secret(dsn),
             &[],
         )
@@ -456,6 +515,7 @@ mod tests {
         // Failure: stderr quoted, credentials scrubbed, DSN passed by environment.
         let error = run(
             &config(failing.to_str().expect("utf-8"), &dir),
+            "envelopes_eu",
             &secret(dsn),
             &["s3cret"],
         )
@@ -463,10 +523,13 @@ mod tests {
         .expect_err("must fail");
         let text = error.to_string();
         assert!(!text.contains("s3cret"), "{text}");
-        assert!(text.contains("dsn: *** driver: clickhouse"), "{text}");
+        assert!(
+            text.contains("dsn: *** driver: clickhouse table: envelopes_eu"),
+            "{text}"
+        );
         assert!(
             text.contains(&format!(
-                "args: -env none -no-color -dir {} up",
+                "args: -env none -no-color -dir {} -table goose_db_version_envelopes_eu up",
                 dir.display()
             )),
             "{text}"
@@ -477,7 +540,7 @@ mod tests {
         let mut hung_config = config(hung.to_str().expect("utf-8"), &dir);
         hung_config.timeout = Duration::from_millis(300);
         let started = std::time::Instant::now();
-        let error = run(&hung_config, &secret(dsn), &[])
+        let error = run(&hung_config, DEFAULT_TABLE, &secret(dsn), &[])
             .await
             .expect_err("must time out");
         assert!(matches!(error, MigrateError::TimedOut(_)), "{error}");

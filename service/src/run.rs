@@ -40,9 +40,6 @@ use crate::{demo, migrate, streams};
 /// How long the NATS connection may drain once the shutdown deadline has passed.
 const HARD_DEADLINE_DRAIN: Duration = Duration::from_secs(2);
 
-/// The table the bundled migrations create.
-const MIGRATED_TABLE: &str = "processed_envelopes";
-
 /// Runs the writer until `shutdown` is cancelled, or until start-up fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -168,20 +165,13 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     health.set_nats(nats.clone());
     health.set_clickhouse_answered();
 
-    if config.migrations.enabled && config.clickhouse.table != MIGRATED_TABLE {
-        tracing::warn!(
-            table = %config.clickhouse.table,
-            migrated_table = MIGRATED_TABLE,
-            "the bundled migrations create a different table than the one configured; \
-             make sure the configured table exists with the same schema"
-        );
-    }
     let js = jetstream::new(nats.clone());
     let dsn = migrate::goose_dsn(&config.migrations, &config.clickhouse);
     migrate::run_exclusively(
         &config.migrations,
         &js,
         &config.clickhouse.database,
+        &config.clickhouse.table,
         deadline,
         &dsn,
         &[config.clickhouse.password.expose()],

@@ -34,6 +34,9 @@ testkit::integration_tests!(
 /// recreated at the start of each run.
 const DATABASE: &str = "migrations_check";
 
+/// How a migration names the table (goose's `ENVSUB`, with the default).
+const TABLE_VARIABLE: &str = "${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}";
+
 async fn every_migration_file_is_valid_goose_sql(endpoints: Endpoints) -> anyhow::Result<()> {
     let files = migration_files(&endpoints.migrations_dir)?;
     ensure!(
@@ -53,6 +56,9 @@ async fn the_goose_sql_check_rejects_broken_files(_: Endpoints) -> anyhow::Resul
     let valid =
         "-- +goose Up\nCREATE TABLE t (a UInt8) ENGINE = Memory;\n-- +goose Down\nDROP TABLE t;\n";
     check_goose_sql(valid)?;
+    check_goose_sql(
+        "-- +goose ENVSUB ON\n-- +goose Up\nDROP TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};\n-- +goose Down\nSELECT 1;\n",
+    )?;
     let broken = [
         (
             "no Down",
@@ -72,6 +78,14 @@ async fn the_goose_sql_check_rejects_broken_files(_: Endpoints) -> anyhow::Resul
         ),
         ("empty Down", "-- +goose Up\nSELECT 1;\n-- +goose Down\n"),
         (
+            "a variable without ENVSUB",
+            "-- +goose Up\nDROP TABLE ${PONIX_CLICKHOUSE_TABLE:-processed_envelopes};\n-- +goose Down\nSELECT 1;\n",
+        ),
+        (
+            "a variable without its default",
+            "-- +goose ENVSUB ON\n-- +goose Up\nDROP TABLE ${PONIX_CLICKHOUSE_TABLE};\n-- +goose Down\nSELECT 1;\n",
+        ),
+        (
             "typo",
             "-- +goose Up\nSELECT 1;\n-- +goose StatmentEnd\n-- +goose Down\nSELECT 1;\n",
         ),
@@ -86,10 +100,13 @@ async fn the_goose_sql_check_rejects_broken_files(_: Endpoints) -> anyhow::Resul
 }
 
 /// goose's rules: a version prefix, exactly one Up then one Down annotation,
-/// balanced StatementBegin/End, and at least one statement in each direction.
+/// balanced StatementBegin/End, and at least one statement in each direction. And
+/// ours: the only variable is the table name, with its default (so that goose run
+/// by hand still works), under `ENVSUB ON` (without it goose sends `${...}` as is).
 fn check_goose_sql(text: &str) -> anyhow::Result<()> {
     let mut section = None;
     let mut in_statement = false;
+    let mut envsub = false;
     let mut statements = [0usize; 2];
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -99,12 +116,25 @@ fn check_goose_sql(text: &str) -> anyhow::Result<()> {
             "-- +goose Up" | "-- +goose Down" => bail!("line {}: misplaced {line:?}", number + 1),
             "-- +goose StatementBegin" if !in_statement && section.is_some() => in_statement = true,
             "-- +goose StatementEnd" if in_statement => in_statement = false,
+            "-- +goose ENVSUB ON" if !in_statement => envsub = true,
+            "-- +goose ENVSUB OFF" if !in_statement => envsub = false,
             _ if line.starts_with("-- +goose") => bail!("line {}: unexpected {line:?}", number + 1),
             _ if line.is_empty() || line.starts_with("--") => {}
             _ => {
                 let Some(section) = section else {
                     bail!("line {}: SQL before `-- +goose Up`", number + 1);
                 };
+                let variables = line.matches("${").count();
+                ensure!(
+                    variables == line.matches(TABLE_VARIABLE).count(),
+                    "line {}: the only variable a migration may use is {TABLE_VARIABLE}",
+                    number + 1
+                );
+                ensure!(
+                    variables == 0 || envsub,
+                    "line {}: a variable without `-- +goose ENVSUB ON` before it",
+                    number + 1
+                );
                 if line.ends_with(';') {
                     statements[section] += 1;
                 }

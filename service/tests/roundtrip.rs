@@ -33,6 +33,7 @@ async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
     let config = support::writer_config(&endpoints, DATABASE)?;
     ponix_writer::migrate::run(
         &config.migrations,
+        &config.clickhouse.table,
         &ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse),
         &[],
     )

@@ -140,3 +140,51 @@ fn code_lines_leave_out_comments_blanks_and_the_test_module() {
         3
     );
 }
+
+/// A test file with its own `main` (the testkit harness, or the drills' runner)
+/// compiled under libtest instead runs no test and passes: every one needs
+/// `harness = false` in its package's `[[test]]` table.
+#[test]
+fn every_test_with_its_own_main_has_the_harness_off() {
+    let root = Layout::workspace().root;
+    let mut problems = Vec::new();
+    for package in ["service", "testkit", "localenv", "bench", "xtask"] {
+        let dir = root.join(package);
+        let manifest: toml::Table = fs::read_to_string(dir.join("Cargo.toml"))
+            .expect("a package manifest")
+            .parse()
+            .expect("valid TOML");
+        let harness_off: Vec<&str> = manifest
+            .get("test")
+            .and_then(|tests| tests.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|test| test.get("harness").and_then(|h| h.as_bool()) == Some(false))
+            .filter_map(|test| test.get("name").and_then(|n| n.as_str()))
+            .collect();
+        let Ok(entries) = fs::read_dir(dir.join("tests")) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            let (name, file) = if path.is_dir() {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                (name.into_owned(), path.join("main.rs"))
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                (stem.into_owned(), path.clone())
+            } else {
+                continue;
+            };
+            let text = fs::read_to_string(&file).unwrap_or_default();
+            let own_main = text.contains("integration_tests!(") || text.contains("fn main(");
+            if own_main && !harness_off.contains(&name.as_str()) {
+                problems.push(format!(
+                    "{}: has its own main; add `[[test]] name = \"{name}\" harness = false` to {package}/Cargo.toml",
+                    relative(&root, &file)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -230,7 +230,9 @@ vars! {
     CLICKHOUSE_PASSWORD: "PONIX_CLICKHOUSE_PASSWORD", Value(""), AnyText, true,
         "ClickHouse password. Never logged.";
     CLICKHOUSE_TABLE: "PONIX_CLICKHOUSE_TABLE", Value("processed_envelopes"), Identifier, false,
-        "Table the envelopes are inserted into.";
+        "Table the envelopes are inserted into. With migrations on, they create and \
+         migrate this table (goose's ENVSUB); any name but the default keeps its goose \
+         history in goose_db_version_<table>, so several tables can share a database.";
     CLICKHOUSE_INSERT_TIMEOUT_SECS: "PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", Value("30"),
         Seconds { min: 0.1, max: 3600.0 }, false,
         "Longest time one batch insert may take before it counts as failed.";

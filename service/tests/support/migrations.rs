@@ -24,8 +24,19 @@ pub fn version_of(file: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("no version in {}", file.display()))
 }
 
-/// The Up section's statements, each without its goose annotations.
+/// What goose's `ENVSUB` makes of the table name when `PONIX_CLICKHOUSE_TABLE` is
+/// not set.
+pub fn with_default_table(text: &str) -> String {
+    text.replace(
+        "${PONIX_CLICKHOUSE_TABLE:-processed_envelopes}",
+        ponix_writer::migrate::DEFAULT_TABLE,
+    )
+}
+
+/// The Up section's statements, each without its goose annotations, as goose runs
+/// them for the default table.
 pub fn up_statements(text: &str) -> Vec<String> {
+    let text = with_default_table(text);
     let up = text.split_once("-- +goose Up").map_or("", |(_, rest)| rest);
     let up = up.split_once("-- +goose Down").map_or(up, |(up, _)| up);
     up.split("-- +goose StatementBegin")
