@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod fuzz_support;
 pub mod health;
 pub mod http;
+pub mod lag;
 pub mod lease;
 pub mod metrics;
 pub mod migrate;

@@ -19,6 +19,15 @@
 //! | `insert_retries_total` | counter: INSERTs repeated for a batch held through an outage (ClickHouse unavailable, or a table or credential problem) | |
 //! | `seconds_since_last_insert` | gauge: seconds since an INSERT last succeeded (since start-up before the first) | |
 //! | `batches_held` | gauge: batches held in memory and retried while ClickHouse cannot store them; no new pull starts while above 0 | |
+//! | `rows_per_insert` | histogram: rows in each INSERT statement | |
+//! | `consumer_pending` | gauge: messages in the stream not yet delivered to the durable consumer (its `num_pending`) | |
+//! | `consumer_ack_pending` | gauge: messages delivered and not yet acknowledged, by any writer on the consumer | |
+//! | `consumer_info_age_seconds` | gauge: seconds since the two above were last read (since start-up before the first); grows while NATS does not answer | |
+//! | `build_info` | gauge, always 1 | `version`, `commit` |
+//!
+//! The consumer gauges come from JetStream's consumer info, read every few seconds
+//! by [`crate::lag`]; they describe the durable consumer, so every replica on it
+//! reports the same values.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -133,6 +142,19 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// The commit the binary was built from: `PONIX_BUILD_COMMIT` at build time (the
+/// Dockerfile passes its `REVISION` build argument), else `unknown`.
+const BUILD_COMMIT: &str = match option_env!("PONIX_BUILD_COMMIT") {
+    Some(commit) if !commit.is_empty() => commit,
+    _ => "unknown",
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
 /// The writer's metrics and the registry that encodes them. Cheap to update from any
 /// task: every metric is atomic.
 #[derive(Debug)]
@@ -153,6 +175,12 @@ pub struct Metrics {
     insert_retries: Counter,
     seconds_since_last_insert: Gauge<f64, std::sync::atomic::AtomicU64>,
     batches_held: Gauge,
+    rows_per_insert: Histogram,
+    consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
+    consumer_info_age: Gauge<f64, AtomicU64>,
+    /// Milliseconds after `started` of the last consumer info read (0: none yet).
+    last_consumer_info_ms: AtomicU64,
     /// Reference point for [`Self::seconds_since_last_insert`].
     started: Instant,
     /// Milliseconds after `started` of the last successful INSERT (0: none yet).
@@ -186,6 +214,20 @@ impl Metrics {
         let insert_retries = Counter::default();
         let seconds_since_last_insert = Gauge::<f64, AtomicU64>::default();
         let batches_held = Gauge::default();
+        // 1 .. 65,536 rows: one message up to well past the largest batch allowed.
+        let rows_per_insert = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 17),
+        );
+        let consumer_pending = Gauge::default();
+        let consumer_ack_pending = Gauge::default();
+        let consumer_info_age = Gauge::<f64, AtomicU64>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
 
         registry.register(
             "messages_received",
@@ -255,6 +297,32 @@ impl Metrics {
             batches_held.clone(),
         );
 
+        registry.register(
+            "rows_per_insert",
+            "Rows in each INSERT statement",
+            rows_per_insert.clone(),
+        );
+        registry.register(
+            "consumer_pending",
+            "Messages in the stream not yet delivered to the durable consumer",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending",
+            "Messages delivered to the durable consumer and not yet acknowledged",
+            consumer_ack_pending.clone(),
+        );
+        registry.register(
+            "consumer_info_age_seconds",
+            "Seconds since the consumer gauges were last read from JetStream",
+            consumer_info_age.clone(),
+        );
+        registry.register(
+            "build_info",
+            "The writer's version and the commit it was built from; always 1",
+            build_info,
+        );
+
         Self {
             registry,
             messages_received,
@@ -272,6 +340,11 @@ impl Metrics {
             insert_retries,
             seconds_since_last_insert,
             batches_held,
+            rows_per_insert,
+            consumer_pending,
+            consumer_ack_pending,
+            consumer_info_age,
+            last_consumer_info_ms: AtomicU64::new(0),
             started: Instant::now(),
             last_insert_ms: AtomicU64::new(0),
         }
@@ -285,6 +358,10 @@ impl Metrics {
             .elapsed_ms()
             .saturating_sub(self.last_insert_ms.load(Ordering::Relaxed));
         self.seconds_since_last_insert.set(since as f64 / 1000.0);
+        let since = self
+            .elapsed_ms()
+            .saturating_sub(self.last_consumer_info_ms.load(Ordering::Relaxed));
+        self.consumer_info_age.set(since as f64 / 1000.0);
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would be a bug in the
         // registrations above, and an empty body is a better answer than a panic.
@@ -310,6 +387,7 @@ impl Metrics {
 
     pub fn insert_finished(&self, rows: usize, elapsed: Duration, result: InsertResult) {
         self.insert_duration.observe(elapsed.as_secs_f64());
+        self.rows_per_insert.observe(rows as f64);
         self.inserts
             .get_or_create(&ResultLabels {
                 result: result.as_str(),
@@ -320,6 +398,16 @@ impl Metrics {
             self.last_insert_ms
                 .fetch_max(self.elapsed_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// The durable consumer's backlog, as JetStream reported it just now.
+    pub fn consumer_lag(&self, pending: u64, ack_pending: u64) {
+        self.consumer_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.consumer_ack_pending
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+        self.last_consumer_info_ms
+            .fetch_max(self.elapsed_ms().max(1), Ordering::Relaxed);
     }
 
     fn elapsed_ms(&self) -> u64 {

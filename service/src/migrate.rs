@@ -122,26 +122,25 @@ impl std::fmt::Display for Progress {
     }
 }
 
-/// [`run`] while holding the migration lease for `table` in `database`: at most one
+/// [`run`] while holding the migration lease for the configured table: at most one
 /// writer migrates a table at a time. The lease bucket must be usable by
 /// `startup_deadline`; `progress` is told who holds the lease while this writer waits
 /// for it, and when it runs goose.
 pub async fn run_exclusively(
     config: &MigrationsConfig,
     js: &jetstream::Context,
-    database: &str,
-    table: &str,
+    clickhouse: &ClickHouseConfig,
     startup_deadline: tokio::time::Instant,
     dsn: &Secret,
     secrets: &[&str],
     mut progress: impl FnMut(Progress),
 ) -> Result<(), MigrateError> {
     if !config.enabled {
-        return run(config, table, dsn, secrets).await;
+        return run(config, &clickhouse.table, dsn, secrets).await;
     }
     let lease_config = LeaseConfig {
         bucket: LEASE_BUCKET.to_owned(),
-        key: lease_key(database, table),
+        key: lease_key(&clickhouse.database, &clickhouse.table),
         ttl: config.lease_ttl,
     };
     let bucket = lease::Bucket::open(js, &lease_config, startup_deadline).await?;
@@ -152,7 +151,8 @@ pub async fn run_exclusively(
         })
         .await?;
     progress(Progress::Migrating);
-    held.run(run(config, table, dsn, secrets)).await?
+    held.run(run(config, &clickhouse.table, dsn, secrets))
+        .await?
 }
 
 /// Runs `goose up` for `table` unless migrations are disabled. `dsn` is the

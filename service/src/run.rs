@@ -35,7 +35,7 @@ use crate::health::Health;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::{demo, migrate, streams};
+use crate::{demo, lag, migrate, streams};
 
 /// How long the NATS connection may drain once the shutdown deadline has passed.
 const HARD_DEADLINE_DRAIN: Duration = Duration::from_secs(2);
@@ -96,6 +96,13 @@ async fn run_writer(
         ))
     });
 
+    let lag_task = tokio::spawn(lag::watch(
+        pull.clone(),
+        Arc::clone(metrics),
+        lag::REFRESH_EVERY,
+        shutdown.clone(),
+    ));
+
     let consumer = Consumer::new(
         js,
         pull,
@@ -129,6 +136,7 @@ async fn run_writer(
         }
     }
 
+    lag_task.abort();
     if let Some(task) = demo_task
         && let Err(error) = task.await
     {
@@ -170,8 +178,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     migrate::run_exclusively(
         &config.migrations,
         &js,
-        &config.clickhouse.database,
-        &config.clickhouse.table,
+        &config.clickhouse,
         deadline,
         &dsn,
         &[config.clickhouse.password.expose()],
