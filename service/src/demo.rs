@@ -19,7 +19,7 @@ const DEVICES: usize = 5;
 
 /// A concrete subject matched by `filter`: each `*` token and a trailing `>` become
 /// `demo` (`processed_envelopes.>` → `processed_envelopes.demo`).
-pub fn demo_subject(filter: &str) -> String {
+fn demo_subject(filter: &str) -> String {
     filter
         .split('.')
         .map(|token| match token {
@@ -69,7 +69,7 @@ pub async fn run(
 
 /// A reading from one of a few fake devices: temperature, humidity, battery,
 /// firmware, location. Values vary smoothly with `sequence`.
-pub fn sample_envelope(sequence: u64, now: SystemTime) -> ProcessedEnvelope {
+fn sample_envelope(sequence: u64, now: SystemTime) -> ProcessedEnvelope {
     let device = sequence % DEVICES as u64;
     let phase = sequence as f64 / 10.0;
     let processed_at = timestamp(now);

@@ -231,7 +231,7 @@ pub fn goose_dsn(migrations: &MigrationsConfig, clickhouse: &ClickHouseConfig) -
 /// - every occurrence of each non-empty secret, as given and percent-encoded;
 /// - the password part of any `scheme://user:password@` in the text, whatever it is
 ///   (goose and its driver sometimes print a DSN they re-encoded themselves).
-pub fn scrub(text: &str, secrets: &[&str]) -> String {
+fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     // Longest first, so that a secret containing another one is replaced whole.
     let mut needles: Vec<String> = secrets

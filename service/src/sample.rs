@@ -22,10 +22,10 @@ use crate::envelope::ProcessedEnvelope;
 /// 2026-11-01T00:00:00Z: occurred_at of envelope 0. Envelope `i` occurred `i / 100`
 /// seconds later, so a million envelopes span under three hours of one month (one
 /// partition of the table).
-pub const EPOCH_SECONDS: i64 = 1_793_491_200;
+const EPOCH_SECONDS: i64 = 1_793_491_200;
 
 /// Organizations and devices the envelopes are spread over.
-pub const ORGANIZATIONS: u64 = 10;
+const ORGANIZATIONS: u64 = 10;
 pub const DEVICES: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,7 +46,7 @@ const MAX_MESSAGE_CHARS: usize = 1024;
 /// Where the stand-in sequences of rows stored before the table had a
 /// `stream_sequence` column begin (2^63): the migration counts them down from
 /// `u64::MAX`, and no JetStream stream gets near either.
-pub const LEGACY_SEQUENCES_FROM: u64 = 1 << 63;
+const LEGACY_SEQUENCES_FROM: u64 = 1 << 63;
 
 /// Writes rows into the configured ClickHouse table.
 #[derive(Clone)]

@@ -201,12 +201,7 @@ async fn ensure_stream(
 
 /// `Some` when a stream whose next sequence is `next` would reuse sequences of a table
 /// whose highest is `stored`.
-pub fn check_sequences(
-    config: &NatsConfig,
-    table: &str,
-    next: u64,
-    stored: u64,
-) -> Option<Refusal> {
+fn check_sequences(config: &NatsConfig, table: &str, next: u64, stored: u64) -> Option<Refusal> {
     (next <= stored).then(|| Refusal::SequenceReuse {
         stream: config.stream.clone(),
         table: table.to_owned(),
@@ -281,7 +276,7 @@ fn max_bytes(configured: u64) -> i64 {
 /// deliveries, each up to AckWait plus the longest NAK delay apart. At least
 /// JetStream's default of 2 minutes, at most a day, and never more than the
 /// dead-letter stream's max age (JetStream refuses a window longer than that).
-pub fn dead_letter_duplicate_window(config: &NatsConfig) -> Duration {
+fn dead_letter_duplicate_window(config: &NatsConfig) -> Duration {
     let deliveries = u32::try_from(config.max_deliver.max(1)).unwrap_or(u32::MAX);
     let window = (config.ack_wait + config.nak_backoff_max)
         .saturating_mul(deliveries)
@@ -359,10 +354,7 @@ async fn ensure_consumer(
 
 /// A [`Refusal::ConsumerMismatch`] if the existing consumer's AckWait or MaxDeliver
 /// differs from the configuration.
-pub fn check_consumer(
-    config: &NatsConfig,
-    existing: &jetstream::consumer::Config,
-) -> Option<Refusal> {
+fn check_consumer(config: &NatsConfig, existing: &jetstream::consumer::Config) -> Option<Refusal> {
     let mismatch =
         |setting, variable, existing: String, existing_value: String, configured: String| {
             Refusal::ConsumerMismatch {

@@ -260,7 +260,7 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
             },
         )
         .await?;
-        let log = std::fs::read_to_string(&writer.log())?;
+        let log = std::fs::read_to_string(writer.log())?;
         ensure!(
             log.contains("waiting for the migration lease") && log.contains("test-holder pid 1 since "),
             "the writer's log does not say it waits for the lease held by the test:\n{}",
@@ -276,7 +276,7 @@ async fn the_writer_waits_for_a_held_migration_lease_and_says_who_holds_it(
     .await??;
 
     support::writer::wait_ready(&mut writer, support::writer::READY_TIMEOUT).await?;
-    let log = std::fs::read_to_string(&writer.log())?;
+    let log = std::fs::read_to_string(writer.log())?;
     ensure!(
         log.contains("migration lease taken") && log.contains("migration lease released"),
         "the writer did not take and release the lease:\n{}",
@@ -324,7 +324,7 @@ async fn a_failing_migration_under_the_lease_is_reported_without_the_secrets_and
         ],
     )?;
     let status = support::writer::wait_exit(&mut writer, Duration::from_secs(60)).await?;
-    let log = std::fs::read_to_string(&writer.log())?;
+    let log = std::fs::read_to_string(writer.log())?;
     ensure!(
         status.code() == Some(1),
         "the writer exited with {status}:\n{log}"
@@ -392,7 +392,7 @@ async fn a_writer_resumes_the_migration_of_a_holder_that_died(
         ],
     )?;
     support::writer::wait_ready(&mut writer, support::writer::READY_TIMEOUT).await?;
-    let log = std::fs::read_to_string(&writer.log())?;
+    let log = std::fs::read_to_string(writer.log())?;
     ensure!(
         log.contains("waiting for the migration lease") && log.contains("dead-holder pid 1"),
         "the writer did not wait for the dead holder's lease:\n{}",

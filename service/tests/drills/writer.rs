@@ -2,7 +2,7 @@
 //! and the metrics it served, summed over every incarnation.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer with exactly `vars` as its `PONIX_*` environment (the HTTP
     /// address is added), without waiting for anything.
-    pub fn spawn(vars: &[(String, String)], log: &PathBuf) -> anyhow::Result<Writer> {
+    pub fn spawn(vars: &[(String, String)], log: &Path) -> anyhow::Result<Writer> {
         let binary = Path::new(env!("CARGO_BIN_EXE_ponix-writer"));
         let process = WriterProcess::spawn(binary, vars, log, Log::Append)?;
         Ok(Writer {
@@ -36,7 +36,7 @@ impl Writer {
     }
 
     /// Starts the writer and waits until `/readyz` answers 200.
-    pub async fn start(vars: &[(String, String)], log: &PathBuf) -> anyhow::Result<Writer> {
+    pub async fn start(vars: &[(String, String)], log: &Path) -> anyhow::Result<Writer> {
         let mut writer = Writer::spawn(vars, log)?;
         writer.wait_ready().await?;
         Ok(writer)
