@@ -1,8 +1,7 @@
-//! Section 1 of the integration tests: what the writer stores is exactly what was
-//! sent, read back field by field, for a batch of one (the contract's awkward cases,
-//! written out by hand), a batch of 10,000 and concurrent INSERTs; and a batch that
-//! waits for an earlier one to settle keeps its messages in progress rather than
-//! letting them be redelivered.
+//! What the writer stores is exactly what was sent, read back field by field, for a
+//! batch of one (the contract's awkward cases, written out by hand), a batch of 10,000
+//! and concurrent INSERTs; and a batch that waits for an earlier one to settle keeps
+//! its messages in progress rather than letting them be redelivered.
 
 use anyhow::{Context, ensure};
 use async_nats::HeaderMap;

@@ -1,8 +1,8 @@
-//! Section 2 of the integration tests: invalid messages leave the stream as dead
-//! letters that carry everything needed to find and replay the original (reason,
-//! subject, sequence, delivery count, payload and the original's own headers), while
-//! the valid messages of the same batch are stored; and a dead letter that would not
-//! fit `max_payload` still lands, without its payload, on its first delivery.
+//! Invalid messages leave the stream as dead letters that carry everything needed to
+//! find and replay the original (reason, subject, sequence, delivery count, payload and
+//! the original's own headers), while the valid messages of the same batch are stored;
+//! and a dead letter that would not fit `max_payload` still lands, without its payload,
+//! on its first delivery.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,7 +1,7 @@
-//! Section 3 of the integration tests: a ClickHouse outage costs no delivery. The
-//! writer holds the batch it cannot insert, stops fetching and says so on `/readyz`
-//! and in its metrics, and stores everything exactly once when ClickHouse is back.
-//! The test stops a private ClickHouse, never the shared one.
+//! A ClickHouse outage costs no delivery: the writer holds the batch it cannot insert,
+//! stops fetching and says so on `/readyz` and in its metrics, and stores everything
+//! exactly once when ClickHouse is back. The test stops a private ClickHouse, never the
+//! shared one.
 
 use std::time::{Duration, Instant};
 

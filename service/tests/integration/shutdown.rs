@@ -1,8 +1,7 @@
-//! Section 4 of the integration tests: SIGTERM in the middle of a batch loses
-//! nothing. With the INSERT hanging the writer NAKs the batch and exits within its
-//! shutdown timeout; with the INSERT merely slow it finishes the batch and leaves
-//! nothing awaiting an ack. Either way a second writer stores the rest in less than
-//! AckWait, which only settled messages allow.
+//! SIGTERM in the middle of a batch loses nothing. With the INSERT hanging the writer
+//! NAKs the batch and exits within its shutdown timeout; with the INSERT merely slow it
+//! finishes the batch and leaves nothing awaiting an ack. Either way a second writer
+//! stores the rest in less than AckWait, which only settled messages allow.
 
 use std::time::{Duration, Instant};
 
