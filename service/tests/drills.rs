@@ -17,22 +17,34 @@
 //! They run only with `PONIX_DRILLS=1` (which `cargo xtask drill` sets); a plain
 //! `cargo test` lists them as ignored, since they take minutes. `PONIX_DRILL_MESSAGES`
 //! sets N (default 10,000).
+//!
+//! The drills are filed by what fails, one family a file under `drills/`:
+//! `clickhouse_faults.rs`, `nats_faults.rs`, `writer_faults.rs`, `traffic.rs` (poison
+//! and backlog) and `migration_scenarios.rs`; `common.rs` holds what they all share.
 
+#[path = "drills/clickhouse_faults.rs"]
+mod clickhouse_faults;
+#[path = "drills/common.rs"]
+mod common;
 #[path = "drills/migration_scenarios.rs"]
 mod migration_scenarios;
+#[path = "drills/nats_faults.rs"]
+mod nats_faults;
 #[path = "drills/plan.rs"]
 mod plan;
 #[path = "drills/report.rs"]
 mod report;
 #[path = "drills/rig.rs"]
 mod rig;
-#[path = "drills/scenarios.rs"]
-mod scenarios;
 mod support;
+#[path = "drills/traffic.rs"]
+mod traffic;
 #[path = "drills/trap.rs"]
 mod trap;
 #[path = "drills/writer.rs"]
 mod writer;
+#[path = "drills/writer_faults.rs"]
+mod writer_faults;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,18 +64,22 @@ type Drill = fn(u64) -> DrillFuture;
 /// Every drill, in the order `all` runs them.
 const DRILLS: &[(&str, Drill)] = &[
     ("clickhouse-down", |n| {
-        Box::pin(scenarios::clickhouse_down(n))
+        Box::pin(clickhouse_faults::clickhouse_down(n))
     }),
     ("clickhouse-hang", |n| {
-        Box::pin(scenarios::clickhouse_hang(n))
+        Box::pin(clickhouse_faults::clickhouse_hang(n))
     }),
-    ("nats-restart", |n| Box::pin(scenarios::nats_restart(n))),
-    ("writer-kill", |n| Box::pin(scenarios::writer_kill(n))),
-    ("poison", |n| Box::pin(scenarios::poison(n))),
-    ("schema-drift", |n| Box::pin(scenarios::schema_drift(n))),
-    ("backlog", |n| Box::pin(scenarios::backlog(n))),
-    ("long-outage", |n| Box::pin(scenarios::long_outage(n))),
-    ("replicas", |n| Box::pin(scenarios::replicas(n))),
+    ("nats-restart", |n| Box::pin(nats_faults::nats_restart(n))),
+    ("writer-kill", |n| Box::pin(writer_faults::writer_kill(n))),
+    ("poison", |n| Box::pin(traffic::poison(n))),
+    ("schema-drift", |n| {
+        Box::pin(clickhouse_faults::schema_drift(n))
+    }),
+    ("backlog", |n| Box::pin(traffic::backlog(n))),
+    ("long-outage", |n| {
+        Box::pin(clickhouse_faults::long_outage(n))
+    }),
+    ("replicas", |n| Box::pin(writer_faults::replicas(n))),
     ("rolling-migration", |n| {
         Box::pin(migration_scenarios::rolling_migration(n))
     }),

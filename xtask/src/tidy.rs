@@ -16,15 +16,9 @@ use localenv::Layout;
 /// one concern.
 const CODE_LINE_BUDGET: usize = 600;
 
-/// Files over the budget, each with why (relative to the repository root).
-const OVER_BUDGET: &[(&str, &str)] = &[
-    ("service/tests/integration.rs", "split pending, issue #14"),
-    ("service/tests/config_errors.rs", "split pending, issue #14"),
-    (
-        "service/tests/drills/scenarios.rs",
-        "split pending, issue #14",
-    ),
-];
+/// Files over the budget, each with why (relative to the repository root): a debt
+/// with its reason, not a permission. Empty is the goal (reached with issue #14).
+const OVER_BUDGET: &[(&str, &str)] = &[];
 
 /// Directories that hold no source of ours.
 const SKIPPED_DIRS: &[&str] = &["target", ".tools", ".git", "node_modules", "__pycache__"];

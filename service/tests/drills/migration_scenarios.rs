@@ -13,8 +13,8 @@ use crate::report::Report;
 use ponix_writer::lease::{self, LeaseConfig};
 use ponix_writer::migrate::LEASE_BUCKET;
 
+use crate::common::{FAULT_TIMEOUT, drain_timeout, finish_all};
 use crate::rig::{DATABASE, FIRST_VERSION, Rig, Schema, TABLE, VERSION_BEFORE_STREAM_SEQUENCE};
-use crate::scenarios::{FAULT_TIMEOUT, drain_timeout, finish_all};
 use crate::support::migrations::rebuilds;
 use crate::support::wait_for;
 use crate::writer::{Metrics, Writer, names};
