@@ -548,6 +548,49 @@ mod tests {
     }
 
     #[test]
+    fn rows_per_insert_and_the_build_are_reported() {
+        let metrics = Metrics::new();
+        metrics.insert_finished(3, Duration::ZERO, InsertResult::Ok);
+        metrics.insert_finished(1000, Duration::ZERO, InsertResult::Retryable);
+        let text = metrics.encode();
+        assert_eq!(gauge(&text, "ponix_writer_rows_per_insert_count"), 2.0);
+        assert_eq!(gauge(&text, "ponix_writer_rows_per_insert_sum"), 1003.0);
+        assert!(
+            text.lines()
+                .any(|l| l == "ponix_writer_rows_per_insert_bucket{le=\"4\"} 1"),
+            "{text}"
+        );
+        let build = format!(
+            "ponix_writer_build_info{{version=\"{}\",commit=\"{BUILD_COMMIT}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == build), "no {build:?} in\n{text}");
+    }
+
+    #[test]
+    fn the_consumer_gauges_and_their_age_follow_the_last_read() {
+        let metrics = Metrics::new();
+        let wait_past = |seconds: f64| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs_f64(seconds) {
+                std::thread::yield_now();
+            }
+        };
+        wait_past(0.02);
+        let never = gauge(&metrics.encode(), "ponix_writer_consumer_info_age_seconds");
+        assert!(never >= 0.02, "{never}");
+        metrics.consumer_lag(1_234, 56);
+        let text = metrics.encode();
+        assert_eq!(gauge(&text, "ponix_writer_consumer_pending"), 1_234.0);
+        assert_eq!(gauge(&text, "ponix_writer_consumer_ack_pending"), 56.0);
+        let fresh = gauge(&text, "ponix_writer_consumer_info_age_seconds");
+        assert!(fresh < never, "{fresh} >= {never}");
+        wait_past(0.02);
+        let older = gauge(&metrics.encode(), "ponix_writer_consumer_info_age_seconds");
+        assert!(older >= fresh + 0.02, "{older} < {fresh} + 0.02");
+    }
+
+    #[test]
     fn held_batches_and_retries_are_counted() {
         let metrics = Metrics::new();
         metrics.batch_held(true);

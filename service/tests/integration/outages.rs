@@ -113,6 +113,11 @@ pub async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_
         info.delivered.consumer_sequence
     );
 
+    // The backlog is visible: the lag gauges, read from the consumer info every few
+    // seconds, come to what JetStream reports (the writer fetches nothing meanwhile).
+    let delivered = info.delivered.consumer_sequence as f64;
+    expect_lag(&writer, N as f64 - delivered, delivered).await?;
+
     blocking(move || stopped.start()).context("starting the private ClickHouse again")?;
     let outage = outage_started.elapsed();
     names.wait_drained(&js, &writer).await?;
@@ -130,6 +135,7 @@ pub async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_
     expect_metric(&metrics, "ponix_writer_naks_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_dead_lettered_total", &[], 0.0)?;
     expect_metric(&metrics, "ponix_writer_batches_held", &[], 0.0)?;
+    expect_lag(&writer, 0.0, 0.0).await?;
     let ready = testkit::localenv::net::http_get(writer.http_port(), "/readyz")?;
     ensure!(
         ready.status == 200,
@@ -141,4 +147,31 @@ pub async fn an_outage_holds_the_batch_without_spending_deliveries_and_it_lands_
     names.delete_streams(&js).await?;
     blocking(move || drop(clickhouse));
     Ok(())
+}
+
+/// Waits until the writer's consumer gauges show `pending` and `ack_pending`
+/// (refreshed every `lag::REFRESH_EVERY`, so a few refreshes are allowed).
+async fn expect_lag(
+    writer: &support::writer::WriterProcess,
+    pending: f64,
+    ack_pending: f64,
+) -> anyhow::Result<()> {
+    support::wait_for(
+        "ponix_writer_consumer_pending and _ack_pending to show the consumer's backlog",
+        ponix_writer::lag::REFRESH_EVERY * 4,
+        || async {
+            let metrics = writer.metrics()?;
+            let seen = (
+                metric(&metrics, "ponix_writer_consumer_pending", &[]),
+                metric(&metrics, "ponix_writer_consumer_ack_pending", &[]),
+            );
+            Ok(if seen == (pending, ack_pending) {
+                Ok(())
+            } else {
+                Err(seen)
+            })
+        },
+    )
+    .await
+    .with_context(|| format!("want pending {pending}, ack pending {ack_pending}"))
 }
