@@ -524,16 +524,18 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
     }
 
+    /// Lets at least `seconds` pass on the monotonic clock the age gauges read.
+    fn wait_past(seconds: f64) {
+        // Whole milliseconds: the gauges have millisecond resolution.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs_f64(seconds) {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn the_time_since_the_last_insert_grows_until_an_insert_succeeds() {
         let metrics = Metrics::new();
-        let wait_past = |seconds: f64| {
-            // Whole milliseconds: the gauge has millisecond resolution.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs_f64(seconds) {
-                std::thread::yield_now();
-            }
-        };
         wait_past(0.02);
         let before = gauge(&metrics.encode(), "ponix_writer_seconds_since_last_insert");
         assert!(before >= 0.02, "{before}");
@@ -570,12 +572,6 @@ mod tests {
     #[test]
     fn the_consumer_gauges_and_their_age_follow_the_last_read() {
         let metrics = Metrics::new();
-        let wait_past = |seconds: f64| {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs_f64(seconds) {
-                std::thread::yield_now();
-            }
-        };
         wait_past(0.02);
         let never = gauge(&metrics.encode(), "ponix_writer_consumer_info_age_seconds");
         assert!(never >= 0.02, "{never}");

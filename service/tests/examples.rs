@@ -20,16 +20,7 @@ const DATABASE: &str = "examples_check";
 const ROWS: u64 = 20;
 
 async fn every_example_query_runs_and_returns_rows(endpoints: Endpoints) -> anyhow::Result<()> {
-    support::fresh_database(&endpoints, DATABASE).await?;
-    let config = support::writer_config(&endpoints, DATABASE)?;
-    ponix_writer::migrate::run(
-        &config.migrations,
-        &config.clickhouse.table,
-        &ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse),
-        &[],
-    )
-    .await
-    .context("creating the table with the writer's migrations")?;
+    let config = support::migrated_database(&endpoints, DATABASE).await?;
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
     let rows = (0..ROWS)

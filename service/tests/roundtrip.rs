@@ -9,7 +9,6 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
 use ponix_writer::envelope::{self, ProcessedEnvelope};
 use ponix_writer::payload;
 use ponix_writer::row::ProcessedEnvelopeRow;
@@ -29,16 +28,7 @@ const DEFAULT_CASES: u32 = 128;
 async fn generated_structs_round_trip_through_clickhouse_under_the_contract(
     endpoints: Endpoints,
 ) -> anyhow::Result<()> {
-    support::fresh_database(&endpoints, DATABASE).await?;
-    let config = support::writer_config(&endpoints, DATABASE)?;
-    ponix_writer::migrate::run(
-        &config.migrations,
-        &config.clickhouse.table,
-        &ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse),
-        &[],
-    )
-    .await
-    .context("creating the table with the writer's migrations")?;
+    let config = support::migrated_database(&endpoints, DATABASE).await?;
     let store = Store::new(&config.clickhouse);
     let reader = support::clickhouse(&endpoints, DATABASE);
     let runtime = tokio::runtime::Handle::current();

@@ -88,24 +88,28 @@ pub fn writer_config(
     endpoints: &Endpoints,
     database: &str,
 ) -> anyhow::Result<ponix_writer::config::Config> {
-    let vars = [
-        ("PONIX_CLICKHOUSE_URL", endpoints.clickhouse_url.clone()),
-        ("PONIX_CLICKHOUSE_DATABASE", database.to_owned()),
-        ("PONIX_CLICKHOUSE_USERNAME", endpoints.username.clone()),
-        ("PONIX_CLICKHOUSE_PASSWORD", endpoints.password.clone()),
-        (
-            "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
-            endpoints.goose_binary.display().to_string(),
-        ),
-        (
-            "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
-            endpoints.migrations_dir.display().to_string(),
-        ),
-    ];
-    ponix_writer::config::Config::from_vars(
-        vars.into_iter().map(|(key, value)| (key.to_owned(), value)),
+    let mut vars = testkit::writer::endpoint_vars(endpoints);
+    vars.push(("PONIX_CLICKHOUSE_DATABASE".to_owned(), database.to_owned()));
+    ponix_writer::config::Config::from_vars(vars).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// A fresh `database` with the table the writer's migrations make (goose run the way
+/// start-up runs it); the writer's configuration for it.
+pub async fn migrated_database(
+    endpoints: &Endpoints,
+    database: &str,
+) -> anyhow::Result<ponix_writer::config::Config> {
+    fresh_database(endpoints, database).await?;
+    let config = writer_config(endpoints, database)?;
+    ponix_writer::migrate::run(
+        &config.migrations,
+        &config.clickhouse.table,
+        &ponix_writer::migrate::goose_dsn(&config.migrations, &config.clickhouse),
+        &[],
     )
-    .map_err(|err| anyhow::anyhow!("{err}"))
+    .await
+    .context("creating the table with the writer's migrations")?;
+    Ok(config)
 }
 
 /// Drops and recreates `database`, so a run starts from an empty one.
