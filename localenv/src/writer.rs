@@ -71,6 +71,18 @@ impl WriterProcess {
         log: &Path,
         mode: Log,
     ) -> anyhow::Result<WriterProcess> {
+        Self::spawn_with_args(binary, &[], vars, log, mode)
+    }
+
+    /// [`WriterProcess::spawn`] with command-line arguments: a subcommand such as
+    /// `migrate`.
+    pub fn spawn_with_args<K: AsRef<str>, V: AsRef<str>>(
+        binary: &Path,
+        args: &[&str],
+        vars: &[(K, V)],
+        log: &Path,
+        mode: Log,
+    ) -> anyhow::Result<WriterProcess> {
         let http_port = net::free_port()?;
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -84,6 +96,7 @@ impl WriterProcess {
             .with_context(|| format!("opening the writer's log {}", log.display()))?;
         let mut command = command(binary, std::env::vars_os(), vars, http_port);
         command
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

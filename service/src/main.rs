@@ -1,5 +1,6 @@
 //! `ponix-writer`: configuration from the environment, logging, signals; the work is
-//! in the library ([`ponix_writer::run::run`]).
+//! in the library ([`ponix_writer::run::run`], and [`ponix_writer::run::migrate`] for
+//! `ponix-writer migrate`).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the writer failed, 2 for a usage or
 //! configuration error.
@@ -10,24 +11,47 @@ use ponix_writer::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+const USAGE: &str = "\
+Usage:
+  ponix-writer            consume from NATS JetStream and store into ClickHouse
+  ponix-writer migrate    run the schema migrations once (same lease and timeout as
+                          start-up, whatever PONIX_CLICKHOUSE_MIGRATIONS_ENABLED says),
+                          then exit: for a migration job or an init container
+  ponix-writer --version
+
+Both are configured by the same PONIX_* environment variables:
+";
+
+/// What the command line asks for; everything else is configured by `PONIX_*`
+/// variables, the same for every subcommand.
+enum Command {
+    /// No arguments: the writer.
+    Run,
+    /// `migrate`: the migrations, once, then exit.
+    Migrate,
+}
+
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            print!("{}", config::help_text());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Command::Run,
+        ["migrate"] => Command::Migrate,
+        ["-h" | "--help" | "help"] => {
+            print!("{USAGE}\n{}", config::help_text());
             return ExitCode::SUCCESS;
         }
-        Some("-V" | "--version") => {
+        ["-V" | "--version"] => {
             println!("ponix-writer {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Some(other) => {
+        _ => {
             eprintln!(
-                "ponix-writer: unexpected argument {other:?}; it is configured through PONIX_* environment variables (see --help)"
+                "ponix-writer: unexpected arguments {args:?}; the commands are `ponix-writer` and \
+                 `ponix-writer migrate`, configured through PONIX_* environment variables (see --help)"
             );
             return ExitCode::from(2);
         }
-    }
+    };
 
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -59,7 +83,15 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        match ponix_writer::run::run(config, shutdown).await {
+        let result = match command {
+            Command::Run => ponix_writer::run::run(config, shutdown).await,
+            Command::Migrate => tokio::select! {
+                result = ponix_writer::run::migrate(&config) => result,
+                // goose is killed with its future (kill_on_drop); the next run completes it.
+                () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; run `ponix-writer migrate` again to complete the migrations")),
+            },
+        };
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "ponix-writer failed");

@@ -204,6 +204,41 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     })
 }
 
+/// `ponix-writer migrate`: the migrations start-up runs, under the same lease and
+/// timeout, once, and nothing else: no stream, no consumer, no HTTP endpoint. For
+/// deployments that migrate in a job of their own (with
+/// `PONIX_CLICKHOUSE_MIGRATIONS_ENABLED=false` on the writers), so it migrates
+/// whatever that variable says.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let deadline = Instant::now() + config.startup_timeout;
+    let store = Store::new(&config.clickhouse);
+    let (nats, ()) = tokio::try_join!(
+        connect_nats(config, deadline),
+        ping_clickhouse(&store, config, deadline),
+    )?;
+    let migrations = crate::config::MigrationsConfig {
+        enabled: true,
+        ..config.migrations.clone()
+    };
+    let dsn = migrate::goose_dsn(&migrations, &config.clickhouse);
+    let result = migrate::run_exclusively(
+        &migrations,
+        &jetstream::new(nats.clone()),
+        &config.clickhouse,
+        deadline,
+        &dsn,
+        &[config.clickhouse.password.expose()],
+        |progress| tracing::info!(%progress, "migrations: not done yet"),
+    )
+    .await
+    .context("migrations failed");
+    // The lease is released by now; drain so that its deletion reaches the server.
+    if let Err(error) = nats.drain().await {
+        tracing::warn!(%error, "draining the NATS connection failed");
+    }
+    result
+}
+
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
         // Credentials go as options, never inside a URL: async-nats logs server URLs.
