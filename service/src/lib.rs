@@ -4,8 +4,11 @@
 //! [`payload`] (Struct ↔ JSON) → [`row`] (conversion) → [`store`] (ClickHouse) →
 //! [`streams`] and [`consumer`] (JetStream) → [`run`] (wiring, shutdown).
 
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod demo;
 pub mod envelope;
 #[doc(hidden)]

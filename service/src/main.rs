@@ -1,57 +1,35 @@
-//! `ponix-writer`: configuration from the environment, logging, signals; the work is
-//! in the library ([`ponix_writer::run::run`], and [`ponix_writer::run::migrate`] for
-//! `ponix-writer migrate`).
+//! `ponix-writer`: the command line, configuration from the environment, logging,
+//! signals; the work is in the library ([`ponix_writer::commands::execute`]).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the writer failed, 2 for a usage or
 //! configuration error.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
+use ponix_writer::cli::PonixWriter;
 use ponix_writer::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-const USAGE: &str = "\
-Usage:
-  ponix-writer            consume from NATS JetStream and store into ClickHouse
-  ponix-writer migrate    run the schema migrations once (same lease and timeout as
-                          start-up, whatever PONIX_CLICKHOUSE_MIGRATIONS_ENABLED says),
-                          then exit: for a migration job or an init container
-  ponix-writer --version
-
-Both are configured by the same PONIX_* environment variables:
-";
-
-/// What the command line asks for; everything else is configured by `PONIX_*`
-/// variables, the same for every subcommand.
-enum Command {
-    /// No arguments: the writer.
-    Run,
-    /// `migrate`: the migrations, once, then exit.
-    Migrate,
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => Command::Run,
-        ["migrate"] => Command::Migrate,
-        ["-h" | "--help" | "help"] => {
-            print!("{USAGE}\n{}", config::help_text());
+    let flags = match PonixWriter::from_env() {
+        Ok(flags) => flags,
+        Err(error) if error.is_help() => {
+            // The commands, then the variables that configure them all. A closed pipe
+            // (`| head`) is not an error worth a panic.
+            let _ = write!(std::io::stdout().lock(), "{error}\n{}", config::help_text());
             return ExitCode::SUCCESS;
         }
-        ["-V" | "--version"] => {
-            println!("ponix-writer {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!(
-                "ponix-writer: unexpected arguments {args:?}; the commands are `ponix-writer` and \
-                 `ponix-writer migrate`, configured through PONIX_* environment variables (see --help)"
-            );
+        Err(error) => {
+            eprintln!("ponix-writer: {error}; see `ponix-writer --help`");
             return ExitCode::from(2);
         }
     };
+    if flags.version {
+        println!("ponix-writer {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
 
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -83,14 +61,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        let result = match command {
-            Command::Run => ponix_writer::run::run(config, shutdown).await,
-            Command::Migrate => tokio::select! {
-                result = ponix_writer::run::migrate(&config) => result,
-                // goose is killed with its future (kill_on_drop); the next run completes it.
-                () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; run `ponix-writer migrate` again to complete the migrations")),
-            },
-        };
+        let result = ponix_writer::commands::execute(flags.subcommand, config, shutdown).await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -239,6 +239,12 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     result
 }
 
+/// A NATS connection for an operator command: the writer's credentials and
+/// connect options, within the start-up timeout.
+pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+    connect_nats(config, Instant::now() + config.startup_timeout).await
+}
+
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
         // Credentials go as options, never inside a URL: async-nats logs server URLs.

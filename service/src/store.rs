@@ -396,6 +396,7 @@ fn class_of_code(code: u32) -> ErrorClass {
         | 131 // TOO_LARGE_STRING_SIZE
         | 321 // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
         | 349 // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+        | 469 // VIOLATED_CONSTRAINT: a row fails a CHECK the table declares
         => ErrorClass::Data,
         // The table, the database, the statement or the account is wrong for all rows.
         8     // THERE_IS_NO_COLUMN
@@ -540,6 +541,11 @@ mod tests {
                 "Code: 242. DB::Exception: Table is in readonly mode. (TABLE_IS_READ_ONLY)",
                 ErrorClass::Retryable,
                 242,
+            ),
+            (
+                "Code: 469. DB::Exception: Constraint `device` for table ponix.processed_envelopes is violated at row 3. (VIOLATED_CONSTRAINT)",
+                ErrorClass::Data,
+                469,
             ),
             (
                 "Code: 117. DB::Exception: Cannot parse JSON object here. (INCORRECT_DATA)",

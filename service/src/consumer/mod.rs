@@ -47,7 +47,8 @@
 //! whose sorting key ends with that sequence, see the migrations) keeps one row per
 //! message: merges drop the copies, and queries with `FINAL` never see them. Because
 //! the identity is per row, not per batch, this holds whatever the composition of the
-//! batch that carries the redelivery.
+//! batch that carries the redelivery. A dead letter replayed by `ponix-writer
+//! dead-letters replay` keeps the sequence of its first delivery (see [`replayed`]).
 //!
 //! # Permanent store errors
 //!
@@ -152,6 +153,7 @@ mod backoff;
 mod bisect;
 mod dead_letter;
 mod hold;
+mod replayed;
 
 pub use backoff::{is_last_delivery, nak_delay};
 use bisect::{MAX_INSERTS_PER_BATCH, RowOutcome, insert_bisecting};
@@ -160,12 +162,15 @@ pub use dead_letter::{
     HEADER_REASON, HEADER_STREAM_SEQUENCE, MAX_DETAIL_CHARS, REASON_MAX_DELIVER_EXCEEDED,
     REASON_REJECTED_BY_CLICKHOUSE, dead_letter_headers, dead_letter_message_id,
 };
+pub use replayed::HEADER_REPLAY_OF_SEQUENCE;
 
 /// One received message with the metadata from its reply subject.
 struct Delivery {
     message: jetstream::Message,
     delivered: i64,
     stream_sequence: u64,
+    /// The sequence its row stores: its own, or a replayed dead letter's first one.
+    row_sequence: u64,
 }
 
 /// What happens to a message once its batch has been processed.
@@ -391,10 +396,12 @@ impl Consumer {
             }
         };
         self.metrics.message_received(delivered);
+        let row_sequence = replayed::row_sequence(message.headers.as_ref(), stream_sequence);
         Some(Delivery {
             message,
             delivered,
             stream_sequence,
+            row_sequence,
         })
     }
 
@@ -505,7 +512,7 @@ impl Consumer {
         for (index, delivery) in deliveries.iter().enumerate() {
             match envelope::decode(&delivery.message.payload) {
                 Ok(valid) => {
-                    rows.push(ProcessedEnvelopeRow::new(valid, delivery.stream_sequence));
+                    rows.push(ProcessedEnvelopeRow::new(valid, delivery.row_sequence));
                     owners.push(index);
                 }
                 Err(invalid) => {
