@@ -260,3 +260,54 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts rustls and the servers' alerts produced in `tests/connect.rs`.
+    #[test]
+    fn hints_name_the_variable_that_fixes_the_handshake() {
+        let cases = [
+            (
+                "network error: client error (Connect): invalid peer certificate: UnknownIssuer",
+                "PONIX_CLICKHOUSE_CA_FILE",
+            ),
+            (
+                "connection error: received fatal alert: CertificateRequired",
+                "PONIX_CLICKHOUSE_CLIENT_CERT_FILE and PONIX_CLICKHOUSE_CLIENT_KEY_FILE",
+            ),
+            (
+                "IO error: received fatal alert: UnknownCA",
+                "set PONIX_CLICKHOUSE_CLIENT_CERT_FILE to one signed by a CA the server trusts",
+            ),
+            (
+                "invalid peer certificate: NotValidForName",
+                "PONIX_CLICKHOUSE_URL",
+            ),
+        ];
+        for (text, named) in cases {
+            let hint = hint(text, "PONIX_CLICKHOUSE").unwrap_or_default();
+            assert!(hint.contains(named), "{text}: {hint}");
+        }
+        assert_eq!(
+            hint("client error (Connect): connection refused", "PONIX_NATS"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_chain_joins_every_cause_once() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let outer = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        assert_eq!(
+            error_chain(&outer),
+            "invalid peer certificate: UnknownIssuer"
+        );
+        let error = clickhouse::error::Error::Network(Box::new(outer));
+        assert_eq!(
+            error_chain(&error),
+            "network error: invalid peer certificate: UnknownIssuer"
+        );
+    }
+}
