@@ -7,8 +7,9 @@
 //!   stores with one and names `PONIX_CLICKHOUSE_CLIENT_CERT_FILE` without one or with
 //!   an untrusted one.
 //! - NATS with TLS and a required client certificate, with nkey users, in operator
-//!   mode with a credentials file, and with a user and password in variables of their
-//!   own: the writer consumes and stores what the test's own authenticated client
+//!   mode with a credentials file, with a user and password in variables of their
+//!   own, with a token, and with TLS before the NATS protocol (`handshake_first`): the
+//!   writer consumes and stores what the test's own authenticated client
 //!   publishes; a wrong credential stops it at start with an error naming the variable,
 //!   and its trace log holds no secret.
 
@@ -40,6 +41,8 @@ testkit::integration_tests!(
     nats_with_nkey_users,
     nats_in_operator_mode_with_a_creds_file,
     nats_user_and_password_in_variables_of_their_own,
+    nats_with_a_token,
+    nats_with_tls_first,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -515,6 +518,63 @@ async fn nats_user_and_password_in_variables_of_their_own(
     rig.publish(&js).await?;
     wait_rows(&shared_reader(&endpoints, &rig), ROWS).await?;
     assert_no_secret(&stop(writer).await?, &[PASSWORD])
+}
+
+async fn nats_with_a_token(endpoints: Endpoints) -> anyhow::Result<()> {
+    const TOKEN: &str = "s3cr3t-t0ken-for-the-writer";
+    let rig = Rig::new("token")?;
+    let config = format!("authorization {{\n  token: {TOKEN:?}\n}}\n");
+    let nats = secured_nats(&rig, &endpoints, &config).await?;
+    let endpoints = with_urls(&endpoints, Some(nats.url()), None);
+
+    let wrong = rig.vars(&[("PONIX_NATS_TOKEN", "not-the-token".to_owned())]);
+    refused(
+        "connect-token-wrong",
+        &endpoints,
+        &wrong,
+        "PONIX_NATS_TOKEN",
+    )
+    .await?;
+
+    let vars = [("PONIX_NATS_TOKEN", TOKEN.to_owned())];
+    let js = nats_client(&nats.url(), &vars).await?;
+    let writer = WriterProcess::start("connect-token", &endpoints, &rig.vars(&vars)).await?;
+    rig.publish(&js).await?;
+    wait_rows(&shared_reader(&endpoints, &rig), ROWS).await?;
+    assert_no_secret(&stop(writer).await?, &[TOKEN])
+}
+
+/// A server that expects the TLS handshake before anything else (`handshake_first`):
+/// the writer reaches it with `PONIX_NATS_TLS_FIRST`.
+async fn nats_with_tls_first(endpoints: Endpoints) -> anyhow::Result<()> {
+    let rig = Rig::new("tlsfirst")?;
+    let pki = rig.pki()?;
+    let config = nats_auth::tls_config(&pki)
+        .replace("verify: true", "verify: true\n  handshake_first: true");
+    let nats = secured_nats(&rig, &endpoints, &config).await?;
+    let endpoints = with_urls(&endpoints, Some(nats.url()), None);
+    let vars = [
+        ("PONIX_NATS_CA_FILE", path(&pki.ca)),
+        ("PONIX_NATS_CLIENT_CERT_FILE", path(&pki.client.cert)),
+        ("PONIX_NATS_CLIENT_KEY_FILE", path(&pki.client.key)),
+        ("PONIX_NATS_TLS_FIRST", "true".to_owned()),
+    ];
+    // Without it the writer waits for an INFO the server never sends first.
+    let mut late = rig.vars(&vars[..3]);
+    late.push(("PONIX_STARTUP_TIMEOUT_SECS", "3".to_owned()));
+    refused(
+        "connect-tls-late",
+        &endpoints,
+        &late,
+        "connecting to NATS failed",
+    )
+    .await?;
+    let js = nats_client(&nats.url(), &vars).await?;
+    let writer = WriterProcess::start("connect-tls-first", &endpoints, &rig.vars(&vars)).await?;
+    rig.publish(&js).await?;
+    wait_rows(&shared_reader(&endpoints, &rig), ROWS).await?;
+    stop(writer).await?;
+    Ok(())
 }
 
 /// Reads the rig's database on the shared ClickHouse.
