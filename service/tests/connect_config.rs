@@ -192,6 +192,26 @@ fn the_ca_file_reaches_goose_and_the_dsn_is_secure() {
 }
 
 #[test]
+fn an_https_goose_dsn_needs_secure_true() {
+    let dsn = |value: &str| load(&[("PONIX_CLICKHOUSE_GOOSE_DSN", value)]);
+    assert_eq!(
+        dsn("https://u:hunter2@ch:8443/db").unwrap_err(),
+        [
+            "PONIX_CLICKHOUSE_GOOSE_DSN (value hidden): is an https:// DSN without secure=true, \
+          which goose's driver refuses (\"https without TLS\"): add ?secure=true"
+        ]
+    );
+    for good in [
+        "https://u:p@ch:8443/db?secure=true",
+        "https://u:p@ch:8443/db?dial_timeout=5s&secure",
+        "http://u:p@ch:8123/db",
+        "clickhouse://u:p@ch:9440/db?secure=true",
+    ] {
+        assert!(dsn(good).is_ok(), "{good}");
+    }
+}
+
+#[test]
 fn one_way_to_authenticate_to_nats() {
     let scratch = Scratch::new("auth");
     let seed = nkeys::KeyPair::new_user().seed().unwrap();

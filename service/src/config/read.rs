@@ -16,7 +16,7 @@ use super::syntax::{
 };
 use super::vars::*;
 use super::{ClickHouseConfig, Config, LogFormat, MigrationsConfig, NatsAuth, NatsConfig, Secret};
-use connect::{clickhouse_tls, client_tls, nats_auth};
+use connect::{check_goose_dsn, clickhouse_tls, client_tls, nats_auth};
 // Bare variant names keep the parsers readable.
 use Form::*;
 use VarDefault::{Derived, Unset, Value};
@@ -254,6 +254,7 @@ fn build(r: &mut Reader) -> Config {
             .get(&CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS, duration)
             .unwrap_or_default(),
     };
+    check_goose_dsn(r, migrations.dsn_override.as_ref());
     let client_cert = clickhouse
         .tls
         .as_ref()

@@ -181,3 +181,25 @@ pub(super) fn clickhouse_tls(r: &mut Reader, url: Option<&str>) -> Option<Client
         }
     }
 }
+
+/// clickhouse-go refuses an `https://` DSN without `secure=true` ("https without TLS"):
+/// said at start, naming the fix, rather than by goose after the lease is taken.
+pub(super) fn check_goose_dsn(r: &mut Reader, dsn: Option<&Secret>) {
+    let Some(dsn) = dsn.map(Secret::expose) else {
+        return;
+    };
+    let query = dsn.split_once('?').map_or("", |(_, query)| query);
+    let secure = query.split('&').any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        key == "secure" && matches!(value.to_ascii_lowercase().as_str(), "" | "true" | "1")
+    });
+    if dsn.starts_with("https://") && !secure {
+        r.fail(
+            &CLICKHOUSE_GOOSE_DSN,
+            None,
+            "is an https:// DSN without secure=true, which goose's driver refuses \
+             (\"https without TLS\"): add ?secure=true"
+                .to_owned(),
+        );
+    }
+}
