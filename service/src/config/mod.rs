@@ -177,7 +177,8 @@ impl NatsConfig {
     pub fn auth_source(&self) -> &'static str {
         match &self.auth {
             NatsAuth::None => {
-                "no credentials are configured (PONIX_NATS_USER, PONIX_NATS_TOKEN, PONIX_NATS_CREDS_FILE or PONIX_NATS_NKEY_SEED_FILE)"
+                "PONIX_NATS_CREDS_FILE, PONIX_NATS_NKEY_SEED_FILE, PONIX_NATS_TOKEN or \
+                 PONIX_NATS_USER (none is set)"
             }
             NatsAuth::Token(_) => "PONIX_NATS_TOKEN or the token in PONIX_NATS_URL",
             NatsAuth::UserPassword { .. } => {
