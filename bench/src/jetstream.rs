@@ -34,7 +34,7 @@ impl Nats {
     /// consumer exactly as the writer would, so that the backlog is waiting for it.
     pub async fn connect(config: &NatsConfig, store: &Store) -> anyhow::Result<Nats> {
         let client = config
-            .connect_options()
+            .connect_options()?
             .name("ponix-bench")
             .connect(config.server_urls())
             .await

@@ -25,3 +25,4 @@ pub mod run;
 pub mod sample;
 pub mod store;
 pub mod streams;
+pub mod tls;

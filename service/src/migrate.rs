@@ -6,6 +6,14 @@
 //! read it from the process list; `-env none` stops goose from also reading a `.env`
 //! file from the working directory.
 //!
+//! Over HTTPS goose trusts what the writer trusts: the derived DSN carries
+//! `secure=true` (clickhouse-go refuses `https://` without it), and
+//! `PONIX_CLICKHOUSE_CA_FILE` is given to goose as `SSL_CERT_FILE`, which Go reads in
+//! place of the platform's bundle file (it still reads the platform's certificate
+//! directory, such as /etc/ssl/certs). clickhouse-go has no way to present a client
+//! certificate, so configuration refuses migrations against a ClickHouse that requires
+//! one unless `PONIX_CLICKHOUSE_GOOSE_DSN` names another way in.
+//!
 //! goose runs under `tokio::process` (the runtime keeps serving health checks while
 //! it works) with `kill_on_drop`, bounded by the configured timeout: a hung goose is
 //! killed, and a cancelled start-up does not leave it running. Its output is logged
@@ -182,7 +190,11 @@ pub async fn run(
         "running migrations"
     );
     let started = tokio::time::Instant::now();
-    let child = goose_command(&config.goose_binary, &config.dir, table, dsn)
+    let mut command = goose_command(&config.goose_binary, &config.dir, table, dsn);
+    if let Some(ca_file) = &config.ca_file {
+        command.env("SSL_CERT_FILE", ca_file);
+    }
+    let child = command
         .spawn()
         .map_err(|source| spawn_error(&config.goose_binary, source))?;
 
@@ -248,7 +260,8 @@ fn spawn_error(binary: &Path, source: io::Error) -> MigrateError {
 
 /// The clickhouse-go v2 DSN goose connects with: `PONIX_CLICKHOUSE_GOOSE_DSN` if set,
 /// else `http://user:pass@host:port/database` from the ClickHouse URL (same scheme,
-/// HTTP interface) with the user and password percent-encoded.
+/// HTTP interface) with the user and password percent-encoded, and `?secure=true` for
+/// `https://`, without which clickhouse-go refuses the scheme.
 pub fn goose_dsn(migrations: &MigrationsConfig, clickhouse: &ClickHouseConfig) -> Secret {
     if let Some(dsn) = &migrations.dsn_override {
         return dsn.clone();
@@ -260,8 +273,13 @@ pub fn goose_dsn(migrations: &MigrationsConfig, clickhouse: &ClickHouseConfig) -
         userinfo.push(':');
         userinfo.push_str(&percent_encode_userinfo(clickhouse.password.expose()));
     }
+    let secure = if scheme == "https" {
+        "?secure=true"
+    } else {
+        ""
+    };
     Secret::new(format!(
-        "{scheme}://{userinfo}@{authority}/{}",
+        "{scheme}://{userinfo}@{authority}/{}{secure}",
         clickhouse.database
     ))
 }
@@ -370,7 +388,7 @@ mod tests {
                 ("PONIX_CLICKHOUSE_PASSWORD", "p@ss:w/rd%é"),
                 ("PONIX_CLICKHOUSE_DATABASE", "db"),
             ]),
-            "https://wri%20ter:p%40ss%3Aw%2Frd%25%C3%A9@ch.example:8443/db"
+            "https://wri%20ter:p%40ss%3Aw%2Frd%25%C3%A9@ch.example:8443/db?secure=true"
         );
         assert_eq!(
             dsn(&[("PONIX_CLICKHOUSE_URL", "http://[::1]:8123")]),
@@ -406,6 +424,7 @@ mod tests {
             dir: dir.to_owned(),
             goose_binary: PathBuf::from(binary),
             dsn_override: None,
+            ca_file: None,
             timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
         }

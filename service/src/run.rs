@@ -251,6 +251,7 @@ async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<asyn
         config
             .nats
             .connect_options()
+            .map_err(|error| Refused(error.to_string()))?
             .name("ponix-writer")
             .connection_timeout(
                 deadline
@@ -259,9 +260,36 @@ async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<asyn
             )
             .connect(config.nats.server_urls())
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(|error| nats_connect_error(&config.nats, error))
     })
     .await
+}
+
+/// A start-up failure that retrying cannot fix, such as refused credentials or an
+/// untrusted certificate: the writer stops at once and says which variable to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// Refused credentials and certificate trouble become [`Refused`], naming the
+/// variables that fix them; anything else is retried until the start-up deadline.
+fn nats_connect_error(
+    nats: &crate::config::NatsConfig,
+    error: async_nats::ConnectError,
+) -> anyhow::Error {
+    use async_nats::ConnectErrorKind as Kind;
+    let chain = crate::tls::error_chain(&error);
+    match error.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication => Refused(format!(
+            "NATS refused the credentials ({chain}): check {}",
+            nats.auth_source()
+        ))
+        .into(),
+        _ => match crate::tls::hint(&chain, "PONIX_NATS") {
+            Some(hint) => Refused(format!("TLS with NATS failed ({chain}): {hint}")).into(),
+            None => error.into(),
+        },
+    }
 }
 
 async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> anyhow::Result<()> {
@@ -271,7 +299,7 @@ async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> a
             // A wrong password or database will not fix itself: fail now, not at the
             // deadline, and say why.
             Err(error) if error.is_permanent() => Err(anyhow::Error::from(error).context(format!(
-                "ClickHouse at {} rejected the connection settings (user, password, database)",
+                "ClickHouse at {} rejected the connection settings (TLS, user, password, database)",
                 config.clickhouse.url
             ))),
             other => other.map_err(anyhow::Error::from),
@@ -314,9 +342,10 @@ where
 
 /// Errors that retrying cannot fix.
 fn is_final(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| matches!(cause.downcast_ref::<crate::store::StoreError>(), Some(e) if e.is_permanent()))
+    error.chain().any(|cause| {
+        cause.is::<Refused>()
+            || matches!(cause.downcast_ref::<crate::store::StoreError>(), Some(e) if e.is_permanent())
+    })
 }
 
 /// `Some(output)` if `future` finished first, `None` if shutdown was requested first.

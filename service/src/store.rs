@@ -71,11 +71,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// Builds the client. Nothing is sent until the first query.
     pub fn new(config: &ClickHouseConfig) -> Self {
-        let mut client = Client::default()
-            .with_url(config.url.as_str())
-            .with_user(config.username.as_str())
-            .with_password(config.password.expose())
-            .with_database(config.database.as_str())
+        let mut client = crate::tls::clickhouse_client(config)
             .with_compression(Compression::Lz4)
             // Shows up in system.query_log's http_user_agent: which service wrote what.
             .with_product_info("ponix-writer", env!("CARGO_PKG_VERSION"));
@@ -322,7 +318,26 @@ impl StoreError {
             | E::SequenceMustHaveLength
             | E::DeserializeAnyNotSupported
             | E::VariantDiscriminatorIsOutOfBound(_) => ErrorClass::Data,
-            // Network, TimedOut, (de)compression of a damaged stream, Other (I/O),
+            // A TLS handshake the certificates decide fails the same way on every try;
+            // the message names the variable that fixes it.
+            E::Network(_) => {
+                let chain = crate::tls::error_chain(error);
+                if let Some(hint) = crate::tls::hint(&chain, "PONIX_CLICKHOUSE") {
+                    return Self {
+                        class: ErrorClass::Destination,
+                        code: None,
+                        message: truncate(&format!("{chain}: {hint}")),
+                        unreachable: true,
+                    };
+                }
+                return Self {
+                    class: ErrorClass::Retryable,
+                    code: None,
+                    message: truncate(&chain),
+                    unreachable: true,
+                };
+            }
+            // TimedOut, (de)compression of a damaged stream, Other (I/O),
             // RowNotFound (a ping that got an empty answer) and variants added to this
             // non-exhaustive enum later: retry.
             _ => ErrorClass::Retryable,

@@ -9,16 +9,18 @@
 //! to answer or to exit.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
-use localenv::local::{self, CLICKHOUSE, DATABASE, NATS};
-use localenv::net::free_port;
+use localenv::local::{self, CLICKHOUSE, DATABASE, NATS, READY_TIMEOUT};
+use localenv::net::{free_port, wait_until};
 use localenv::process::Recorded;
 
 use crate::endpoints::{Endpoints, HOW_TO_START};
+use crate::pki::{TestPki, https_request};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -46,6 +48,19 @@ pub struct Managed {
     /// Set for private instances: their scratch directory, removed on drop
     /// together with the process.
     scratch: Option<PathBuf>,
+    readiness: Readiness,
+}
+
+/// How a process shows that it serves.
+#[derive(Debug, Clone)]
+enum Readiness {
+    /// The plain probes of `localenv` (NATS JetStream info, ClickHouse `/ping`).
+    Plain,
+    /// ClickHouse over TLS: `/ping` and `SELECT 1` with this client configuration.
+    Https(Arc<rustls::ClientConfig>),
+    /// nats-server's log says `Server is ready` (its clients must authenticate in ways
+    /// the plain probe cannot).
+    LogLine,
 }
 
 impl Managed {
@@ -58,6 +73,84 @@ impl Managed {
         let argv = local::chdb_argv(&layout, port, &scratch.join("data"))?;
         let managed = Managed::spawn_private(Kind::ClickHouse, port, argv, scratch)?;
         local::create_database(port, DATABASE)?;
+        Ok(managed)
+    }
+
+    /// [`Managed::private_clickhouse`] serving HTTPS with `pki`'s server certificate;
+    /// [`Managed::url`] is then `https://127.0.0.1:PORT`. Its readiness probe trusts
+    /// `pki`'s CA and presents its client certificate, so it also passes once
+    /// [`Managed::require_client_certificates`] made them required.
+    pub fn private_clickhouse_tls(pki: &TestPki) -> anyhow::Result<Managed> {
+        let layout = Layout::workspace();
+        let scratch = scratch_dir("clickhouse-tls")?;
+        let port = free_port()?;
+        let mut argv = local::chdb_argv(&layout, port, &scratch.join("data"))?;
+        argv.extend([
+            "--tls-cert".into(),
+            pki.server.cert.clone().into(),
+            "--tls-key".into(),
+            pki.server.key.clone().into(),
+        ]);
+        let probe = Arc::new(pki.client_config(Some(&pki.client))?);
+        let log = scratch.join(format!("{CLICKHOUSE}.log"));
+        let process = Recorded::spawn(CLICKHOUSE, argv, &scratch, &log)?;
+        let managed = Managed {
+            kind: Kind::ClickHouse,
+            port,
+            process,
+            scratch: Some(scratch),
+            readiness: Readiness::Https(Arc::clone(&probe)),
+        };
+        managed.wait_ready()?;
+        let (status, body) = https_request(
+            port,
+            &probe,
+            "POST",
+            "/",
+            &format!("CREATE DATABASE IF NOT EXISTS {DATABASE}"),
+        )
+        .context("creating the database over TLS")?;
+        if status != 200 {
+            bail!("creating database {DATABASE} failed: {}", body.trim());
+        }
+        Ok(managed)
+    }
+
+    /// Restarts a [`Managed::private_clickhouse_tls`] (same port, same data) so that
+    /// it requires client certificates signed by `pki`'s CA.
+    pub fn require_client_certificates(&mut self, pki: &TestPki) -> anyhow::Result<()> {
+        if !matches!(self.readiness, Readiness::Https(_)) {
+            bail!("only a ClickHouse serving TLS can require client certificates");
+        }
+        self.process.stop(STOP_TIMEOUT)?;
+        self.process
+            .argv
+            .extend(["--tls-client-ca".into(), pki.ca.clone().into()]);
+        self.start()
+    }
+
+    /// Like [`Managed::private_nats_with_config`], for configurations whose clients
+    /// must authenticate in a way the plain probe cannot (TLS with client
+    /// certificates, nkeys, operator mode): ready once the log says `Server is ready`.
+    pub fn private_nats_secured(config: &str) -> anyhow::Result<Managed> {
+        let layout = Layout::workspace();
+        let scratch = scratch_dir("nats")?;
+        let port = free_port()?;
+        let file = scratch.join("nats.conf");
+        std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
+        let mut argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
+        argv.push("--config".into());
+        argv.push(file.into());
+        let log = scratch.join(format!("{NATS}.log"));
+        let process = Recorded::spawn(NATS, argv, &scratch, &log)?;
+        let managed = Managed {
+            kind: Kind::Nats,
+            port,
+            process,
+            scratch: Some(scratch),
+            readiness: Readiness::LogLine,
+        };
+        managed.wait_ready()?;
         Ok(managed)
     }
 
@@ -99,6 +192,7 @@ impl Managed {
             port,
             process,
             scratch: Some(scratch),
+            readiness: Readiness::Plain,
         };
         managed.wait_ready()?;
         Ok(managed)
@@ -122,6 +216,7 @@ impl Managed {
             port,
             process,
             scratch: None,
+            readiness: Readiness::Plain,
         })
     }
 
@@ -138,9 +233,10 @@ impl Managed {
     }
 
     pub fn url(&self) -> String {
-        match self.kind {
-            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
-            Kind::ClickHouse => format!("http://127.0.0.1:{}", self.port),
+        match (self.kind, &self.readiness) {
+            (Kind::Nats, _) => format!("nats://127.0.0.1:{}", self.port),
+            (Kind::ClickHouse, Readiness::Https(_)) => format!("https://127.0.0.1:{}", self.port),
+            (Kind::ClickHouse, _) => format!("http://127.0.0.1:{}", self.port),
         }
     }
 
@@ -181,10 +277,45 @@ impl Managed {
     }
 
     fn wait_ready(&self) -> anyhow::Result<()> {
-        match self.kind {
-            Kind::Nats => local::wait_nats_ready(&self.process, self.port),
-            Kind::ClickHouse => local::wait_clickhouse_ready(&self.process, self.port),
+        match (&self.readiness, self.kind) {
+            (Readiness::Plain, Kind::Nats) => local::wait_nats_ready(&self.process, self.port),
+            (Readiness::Plain, Kind::ClickHouse) => {
+                local::wait_clickhouse_ready(&self.process, self.port)
+            }
+            (Readiness::Https(config), _) => wait_until(
+                "ClickHouse over TLS (/ping and SELECT 1)",
+                READY_TIMEOUT,
+                || {
+                    self.ensure_alive()?;
+                    let ping = https_request(self.port, config, "GET", "/ping", "")?;
+                    let select = https_request(self.port, config, "POST", "/", "SELECT 1")?;
+                    if ping != (200, "Ok.\n".to_owned()) || select != (200, "1\n".to_owned()) {
+                        bail!("/ping answered {ping:?}, SELECT 1 answered {select:?}");
+                    }
+                    Ok(())
+                },
+            ),
+            (Readiness::LogLine, _) => {
+                wait_until("nats-server (Server is ready)", READY_TIMEOUT, || {
+                    self.ensure_alive()?;
+                    if !self.process.log_tail(200).contains("Server is ready") {
+                        bail!("not ready yet");
+                    }
+                    Ok(())
+                })
+            }
         }
+    }
+
+    fn ensure_alive(&self) -> anyhow::Result<()> {
+        if !self.process.is_alive() {
+            bail!(
+                "{} exited; its log ends with:\n{}",
+                self.kind.name(),
+                self.process.log_tail(20)
+            );
+        }
+        Ok(())
     }
 
     /// The end of the process log, for failure messages.

@@ -7,6 +7,7 @@
 //!   `cargo xtask e2e` (`PONIX_REQUIRE_INFRA=1`) missing endpoints fail instead.
 //! - [`infra`]: RAII handles that stop, freeze and restart ClickHouse and NATS,
 //!   either private instances a test starts for itself or the shared ones.
+//! - [`pki`]: certificates made at test time, and an HTTPS probe.
 //! - [`snapshot`]: the insta settings with the one shared redaction table.
 //! - [`strategies`]: the one module of proptest strategies.
 //! - [`writer`]: the writer process, with waits for a Tokio runtime.
@@ -14,6 +15,7 @@
 pub mod endpoints;
 pub mod harness;
 pub mod infra;
+pub mod pki;
 pub mod snapshot;
 pub mod strategies;
 pub mod writer;

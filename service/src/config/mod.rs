@@ -14,9 +14,16 @@
 //! handed to the NATS client, which logs server URLs, carries them. Secrets are
 //! [`Secret`]s: their Debug and Display show `***`.
 //!
+//! The other ways to authenticate to NATS (user and password, token, credentials file,
+//! nkey seed file) have variables of their own; at most one way may be configured. Files
+//! the writer needs (CA certificates, client certificates and keys, credentials, nkey
+//! seeds) are read and checked while parsing, so that a missing or malformed one is
+//! reported with the other problems, naming its variable; their contents are secrets.
+//!
 //! The rooms: this file holds the typed configuration and the entry points; `vars` the
 //! table of variables and the texts generated from it; `read` the reader, its parsers
-//! and errors; `syntax` the rules for URLs, subjects and credentials.
+//! and errors, with `read::connect` for NATS authentication and TLS files; `syntax` the
+//! rules for URLs, subjects and credentials.
 
 mod read;
 mod syntax;
@@ -30,6 +37,8 @@ use std::time::Duration;
 pub use read::{ConfigError, VarError};
 pub(crate) use syntax::percent_encode_userinfo;
 pub use vars::{Form, VARIABLES, Var, VarDefault, help_text};
+
+use crate::tls::ClientTls;
 
 /// A value that must never be printed: Debug and Display show `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -98,8 +107,12 @@ pub struct NatsConfig {
     /// The servers of `PONIX_NATS_URL`, without credentials: what async-nats is given
     /// (a `&str` would be parsed as *one* server, so a list is passed as a list).
     pub servers: Vec<String>,
-    /// The credentials `PONIX_NATS_URL` carried, passed as connect options.
+    /// How the writer authenticates, passed as connect options.
     pub auth: NatsAuth,
+    /// Set when a CA file or a client certificate is configured; TLS is then required.
+    pub tls: Option<ClientTls>,
+    /// TLS before the NATS protocol (`handshake_first` servers).
+    pub tls_first: bool,
     pub stream: String,
     /// Subjects the stream captures when the writer creates it.
     pub stream_subjects: Vec<String>,
@@ -132,15 +145,47 @@ impl NatsConfig {
         self.servers.iter().map(String::as_str).collect()
     }
 
-    /// Connect options carrying the credentials, if any: the one place they go.
-    pub fn connect_options(&self) -> async_nats::ConnectOptions {
-        let options = async_nats::ConnectOptions::new();
-        match &self.auth {
+    /// Connect options carrying the credentials and TLS settings, if any: the one place
+    /// they go. Fails only for a credentials file that parsing accepted and async-nats
+    /// does not (the error names the variable, never the contents).
+    pub fn connect_options(&self) -> std::io::Result<async_nats::ConnectOptions> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            options = options
+                .tls_client_config(tls.rustls_config())
+                .require_tls(true);
+        }
+        if self.tls_first {
+            options = options.tls_first();
+        }
+        Ok(match &self.auth {
             NatsAuth::None => options,
             NatsAuth::Token(token) => options.token(token.expose().to_owned()),
             NatsAuth::UserPassword { user, password } => {
                 options.user_and_password(user.expose().to_owned(), password.expose().to_owned())
             }
+            NatsAuth::Nkey { seed, .. } => options.nkey(seed.expose().to_owned()),
+            NatsAuth::Credentials { contents, .. } => {
+                options.credentials(contents.expose()).map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("PONIX_NATS_CREDS_FILE: {error}"))
+                })?
+            }
+        })
+    }
+
+    /// The variable(s) holding the credentials in use, for errors about them.
+    pub fn auth_source(&self) -> &'static str {
+        match &self.auth {
+            NatsAuth::None => {
+                "PONIX_NATS_CREDS_FILE, PONIX_NATS_NKEY_SEED_FILE, PONIX_NATS_TOKEN or \
+                 PONIX_NATS_USER (none is set)"
+            }
+            NatsAuth::Token(_) => "PONIX_NATS_TOKEN or the token in PONIX_NATS_URL",
+            NatsAuth::UserPassword { .. } => {
+                "PONIX_NATS_USER/PONIX_NATS_PASSWORD or the user-info of PONIX_NATS_URL"
+            }
+            NatsAuth::Nkey { .. } => "PONIX_NATS_NKEY_SEED_FILE",
+            NatsAuth::Credentials { .. } => "PONIX_NATS_CREDS_FILE",
         }
     }
 }
@@ -151,6 +196,8 @@ impl fmt::Debug for NatsConfig {
         let Self {
             servers,
             auth,
+            tls,
+            tls_first,
             stream,
             stream_subjects,
             subject,
@@ -175,6 +222,8 @@ impl fmt::Debug for NatsConfig {
             .field("servers", servers)
             // Secret's Debug shows `***`.
             .field("auth", auth)
+            .field("tls", tls)
+            .field("tls_first", tls_first)
             .field("stream", stream)
             .field("stream_subjects", stream_subjects)
             .field("subject", subject)
@@ -198,17 +247,24 @@ impl fmt::Debug for NatsConfig {
     }
 }
 
-/// How the writer authenticates to NATS. Taken out of `PONIX_NATS_URL` when the
-/// configuration is parsed and handed to async-nats as connect options, so that no
-/// URL the client sees (it logs server addresses at debug level) carries a secret.
+/// How the writer authenticates to NATS: at most one way. Credentials in
+/// `PONIX_NATS_URL` are taken out of it when the configuration is parsed and handed to
+/// async-nats as connect options, so that no URL the client sees (it logs server
+/// addresses at debug level) carries a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NatsAuth {
     #[default]
     None,
     /// `nats://token@host`.
     Token(Secret),
-    /// `nats://user:password@host`; the password may be empty.
+    /// `nats://user:password@host`, or `PONIX_NATS_USER` and `PONIX_NATS_PASSWORD`; the
+    /// password may be empty.
     UserPassword { user: Secret, password: Secret },
+    /// `PONIX_NATS_NKEY_SEED_FILE`: the seed it holds, checked at parse time.
+    Nkey { file: PathBuf, seed: Secret },
+    /// `PONIX_NATS_CREDS_FILE`: its contents (a user JWT and its seed), checked at parse
+    /// time.
+    Credentials { file: PathBuf, contents: Secret },
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +278,8 @@ pub struct ClickHouseConfig {
     /// Batches inserted at once (at least 1).
     pub insert_concurrency: usize,
     pub async_insert: bool,
+    /// Set for an `https://` URL: the CA file and client certificate, if any.
+    pub tls: Option<ClientTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +289,8 @@ pub struct MigrationsConfig {
     pub goose_binary: PathBuf,
     /// Overrides the DSN derived from the ClickHouse URL and credentials.
     pub dsn_override: Option<Secret>,
+    /// `PONIX_CLICKHOUSE_CA_FILE`, given to goose as `SSL_CERT_FILE`.
+    pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
     /// How long the migration lease outlives a holder that stopped renewing it.
     pub lease_ttl: Duration,

@@ -3,6 +3,8 @@
 //! [`ConfigError`] instead of stopping at the first. Parsing the defaults alone must
 //! succeed and read exactly the variables of the table (a test checks both).
 
+mod connect;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use super::syntax::{
 };
 use super::vars::*;
 use super::{ClickHouseConfig, Config, LogFormat, MigrationsConfig, NatsAuth, NatsConfig, Secret};
+use connect::{check_goose_dsn, clickhouse_tls, client_tls, nats_auth};
 // Bare variant names keep the parsers readable.
 use Form::*;
 use VarDefault::{Derived, Unset, Value};
@@ -172,11 +175,19 @@ fn build(r: &mut Reader) -> Config {
         );
     }
 
-    let (servers, auth) = r.get_nats_url(&NATS_URL).unwrap_or_default();
+    let (servers, url_auth) = r.get_nats_url(&NATS_URL).unwrap_or_default();
+    let auth = nats_auth(r, url_auth);
+    let nats_tls = client_tls(
+        r,
+        [&NATS_CA_FILE, &NATS_CLIENT_CERT_FILE, &NATS_CLIENT_KEY_FILE],
+        false,
+    );
     let seconds = |n: u64| Duration::from_secs(n);
     let nats = NatsConfig {
         servers,
         auth,
+        tls: nats_tls,
+        tls_first: r.get(&NATS_TLS_FIRST, flag).unwrap_or_default(),
         stream: stream.unwrap_or_default(),
         stream_subjects: stream_subjects.unwrap_or_default(),
         subject: subject.unwrap_or_default(),
@@ -211,8 +222,10 @@ fn build(r: &mut Reader) -> Config {
             .unwrap_or_default(),
         allow_sequence_reuse: r.get(&NATS_ALLOW_SEQUENCE_REUSE, flag).unwrap_or_default(),
     };
+    let clickhouse_url = r.get_url(&CLICKHOUSE_URL);
+    let clickhouse_tls = clickhouse_tls(r, clickhouse_url.as_deref());
     let clickhouse = ClickHouseConfig {
-        url: r.get_url(&CLICKHOUSE_URL).unwrap_or_default(),
+        url: clickhouse_url.unwrap_or_default(),
         database: r.get(&CLICKHOUSE_DATABASE, text).unwrap_or_default(),
         username: r.get(&CLICKHOUSE_USERNAME, text).unwrap_or_default(),
         password: r.get(&CLICKHOUSE_PASSWORD, secret).unwrap_or_default(),
@@ -222,6 +235,7 @@ fn build(r: &mut Reader) -> Config {
             .unwrap_or_default(),
         insert_concurrency: insert_concurrency.and_then(to_usize).unwrap_or(1),
         async_insert: r.get(&CLICKHOUSE_ASYNC_INSERT, flag).unwrap_or_default(),
+        tls: clickhouse_tls,
     };
     let migrations = MigrationsConfig {
         enabled: r
@@ -232,6 +246,7 @@ fn build(r: &mut Reader) -> Config {
             .get(&CLICKHOUSE_GOOSE_BINARY_PATH, path)
             .unwrap_or_default(),
         dsn_override: r.get(&CLICKHOUSE_GOOSE_DSN, secret),
+        ca_file: clickhouse.tls.as_ref().and_then(|tls| tls.ca_file.clone()),
         timeout: r
             .get(&CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS, duration)
             .unwrap_or_default(),
@@ -239,6 +254,22 @@ fn build(r: &mut Reader) -> Config {
             .get(&CLICKHOUSE_MIGRATIONS_LEASE_TTL_SECS, duration)
             .unwrap_or_default(),
     };
+    check_goose_dsn(r, migrations.dsn_override.as_ref());
+    let client_cert = clickhouse
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_cert.is_some());
+    if client_cert && migrations.enabled && migrations.dsn_override.is_none() {
+        r.fail_with_value(
+            &CLICKHOUSE_CLIENT_CERT_FILE,
+            "goose's ClickHouse driver (clickhouse-go) cannot present a client certificate, \
+             so it cannot migrate a ClickHouse that requires one: set \
+             PONIX_CLICKHOUSE_MIGRATIONS_ENABLED=false and run the migrations from elsewhere \
+             (see the README's \"Connecting to production\"), or set \
+             PONIX_CLICKHOUSE_GOOSE_DSN to an endpoint that admits goose without one"
+                .to_owned(),
+        );
+    }
     Config {
         nats,
         clickhouse,

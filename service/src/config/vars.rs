@@ -152,6 +152,32 @@ const MIB: u64 = 1024 * 1024;
 vars! {
     NATS_URL: "PONIX_NATS_URL", Value("nats://127.0.0.1:4222"), NatsUrl, false,
         "NATS server(s) to consume from.";
+    NATS_USER: "PONIX_NATS_USER", Unset("no user"), NonEmptyText, false,
+        "NATS user, with PONIX_NATS_PASSWORD. Not with credentials in PONIX_NATS_URL or \
+         another way to authenticate.";
+    NATS_PASSWORD: "PONIX_NATS_PASSWORD", Unset("no password"), AnyText, true,
+        "Password of PONIX_NATS_USER. Never logged.";
+    NATS_TOKEN: "PONIX_NATS_TOKEN", Unset("no token"), NonEmptyText, true,
+        "NATS authentication token. Never logged.";
+    NATS_CREDS_FILE: "PONIX_NATS_CREDS_FILE", Unset("no credentials file"), FilePath, false,
+        "NATS credentials file (a user JWT and its nkey seed, as `nsc` writes it), for \
+         servers in operator mode. Read at start; its contents are never logged.";
+    NATS_NKEY_SEED_FILE: "PONIX_NATS_NKEY_SEED_FILE", Unset("no nkey"), FilePath, false,
+        "File holding a user nkey seed (SU...), for servers with nkey users. Read at start; \
+         the seed is never logged.";
+    NATS_CA_FILE: "PONIX_NATS_CA_FILE", Unset("the platform's CA certificates only"), FilePath,
+        false,
+        "PEM file of CA certificates trusted for the NATS server's certificate, besides the \
+         platform's. Setting any PONIX_NATS TLS variable requires TLS.";
+    NATS_CLIENT_CERT_FILE: "PONIX_NATS_CLIENT_CERT_FILE", Unset("no client certificate"),
+        FilePath, false,
+        "PEM certificate (chain) presented to a NATS server that verifies clients; with \
+         PONIX_NATS_CLIENT_KEY_FILE.";
+    NATS_CLIENT_KEY_FILE: "PONIX_NATS_CLIENT_KEY_FILE", Unset("no client certificate"),
+        FilePath, false,
+        "PEM private key of PONIX_NATS_CLIENT_CERT_FILE.";
+    NATS_TLS_FIRST: "PONIX_NATS_TLS_FIRST", Value("false"), Bool, false,
+        "Start TLS before the NATS protocol, for servers configured with `handshake_first`.";
     NATS_STREAM: "PONIX_NATS_STREAM", Value("processed_envelopes"), NatsName, false,
         "JetStream stream holding the envelopes; created if missing.";
     NATS_STREAM_SUBJECTS: "PONIX_NATS_STREAM_SUBJECTS", Derived("the value of PONIX_NATS_SUBJECT"),
@@ -229,6 +255,18 @@ vars! {
         "ClickHouse user.";
     CLICKHOUSE_PASSWORD: "PONIX_CLICKHOUSE_PASSWORD", Value(""), AnyText, true,
         "ClickHouse password. Never logged.";
+    CLICKHOUSE_CA_FILE: "PONIX_CLICKHOUSE_CA_FILE", Unset("the platform's CA certificates only"),
+        FilePath, false,
+        "PEM file of CA certificates trusted for an https:// ClickHouse, besides the \
+         platform's; goose gets it as SSL_CERT_FILE.";
+    CLICKHOUSE_CLIENT_CERT_FILE: "PONIX_CLICKHOUSE_CLIENT_CERT_FILE",
+        Unset("no client certificate"), FilePath, false,
+        "PEM certificate (chain) presented to an https:// ClickHouse that verifies clients; \
+         with PONIX_CLICKHOUSE_CLIENT_KEY_FILE. goose cannot present one: migrations must \
+         then be off or use PONIX_CLICKHOUSE_GOOSE_DSN.";
+    CLICKHOUSE_CLIENT_KEY_FILE: "PONIX_CLICKHOUSE_CLIENT_KEY_FILE",
+        Unset("no client certificate"), FilePath, false,
+        "PEM private key of PONIX_CLICKHOUSE_CLIENT_CERT_FILE.";
     CLICKHOUSE_TABLE: "PONIX_CLICKHOUSE_TABLE", Value("processed_envelopes"), Identifier, false,
         "Table the envelopes are inserted into. With migrations on, they create and \
          migrate this table (goose's ENVSUB); any name but the default keeps its goose \
@@ -253,7 +291,8 @@ vars! {
     CLICKHOUSE_GOOSE_DSN: "PONIX_CLICKHOUSE_GOOSE_DSN",
         Unset("derived from PONIX_CLICKHOUSE_URL, _USERNAME, _PASSWORD and _DATABASE"),
         NonEmptyText, true,
-        "clickhouse-go DSN for goose, such as http://user:pass@host:8123/db. Never logged.";
+        "clickhouse-go DSN for goose, such as http://user:pass@host:8123/db (https:// needs \
+         ?secure=true). Never logged.";
     CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS: "PONIX_CLICKHOUSE_MIGRATIONS_TIMEOUT_SECS", Value("120"),
         Seconds { min: 1.0, max: 3600.0 }, false,
         "Longest time goose may run before it is stopped.";

@@ -1,7 +1,7 @@
 """The command line: options, the password, the open-files limit, start and graceful stop.
 
-`main` prints `chdb-server listening on http://HOST:PORT` once it serves
-requests (the harness waits for that line), and on SIGTERM or SIGINT waits
+`main` prints `chdb-server listening on http://HOST:PORT` (`https://` with
+`--tls-cert`) once it serves requests (the harness waits for that line), and on SIGTERM or SIGINT waits
 for running requests (up to SHUTDOWN_GRACE_SECONDS), closes the engine and
 returns 0. The password is never printed or logged.
 """
@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 import threading
 
@@ -56,6 +57,16 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    """The server side of TLS; with `client_ca`, clients must present a certificate it signed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A ClickHouse-HTTP-compatible server in front of chDB.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -67,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         help="file holding the user's password (else $CHDB_SERVER_PASSWORD; else the password is empty)",
     )
     parser.add_argument("--log-level", choices=("info", "debug"), default="info")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS instead of HTTP")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA file: require client certificates it signed")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
 
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -80,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data-dir must not contain '*', '{' or '}' (inserts read their data from a file in it)")
     os.makedirs(data_dir, exist_ok=True)
 
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     open_files = raise_open_files_limit()
     engine = Engine(data_dir)
     try:
-        server = ChdbHTTPServer((args.host, args.port), engine, credentials)
+        server = ChdbHTTPServer((args.host, args.port), engine, credentials, tls)
     except OSError:
         engine.close()
         raise
@@ -99,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         credentials.user,
         open_files,
     )
-    print(f"chdb-server listening on http://{host}:{port}", flush=True)
+    if tls is not None:
+        log.info("serving HTTPS%s", ", client certificates required" if args.tls_client_ca else "")
+    print(f"chdb-server listening on {'https' if tls else 'http'}://{host}:{port}", flush=True)
 
     stop.wait()
     log.info("shutting down")

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -125,14 +126,38 @@ class ChdbHTTPServer(ThreadingHTTPServer):
     # are waited for through `request_scope` instead.
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, credentials: Credentials):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        engine: Engine,
+        credentials: Credentials,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, RequestHandler)
         self.engine = engine
         self.credentials = credentials
+        self.tls = tls
         self._running = 0
         self._stopping = False
         self._idle = threading.Condition()
+
+    def finish_request(self, request, client_address) -> None:
+        """Serves one connection; with TLS, after a handshake in this connection's own
+        thread, so that a client that never completes one holds up no other."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(SOCKET_TIMEOUT_SECONDS)
+        try:
+            connection = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:  # an untrusted or missing client certificate, a plain-HTTP client
+            log.info("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(connection, client_address)
+        finally:
+            connection.close()
 
     @contextmanager
     def request_scope(self) -> Iterator[bool]:

@@ -14,6 +14,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,10 +49,19 @@ class Reply:
 class Server:
     """server.py in a subprocess, on a port it picks itself."""
 
-    def __init__(self, data_dir: Path, log_path: Path, open_files: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        open_files: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls: ssl.SSLContext | None = None,
+    ):
         self.data_dir = data_dir
         self.log_path = log_path
         self.open_files = open_files  # RLIMIT_NOFILE for the server, if not inherited
+        self.extra_args = extra_args  # e.g. --tls-cert/--tls-key, with `tls` the client side
+        self.tls = tls
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -59,14 +69,15 @@ class Server:
         password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
         password_file.write_text(PASSWORD + "\n")
         command = [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir)]
-        command += ["--password-file", str(password_file), "--log-level", "debug"]
+        command += ["--password-file", str(password_file), "--log-level", "debug", *self.extra_args]
         limit = self.open_files
         # Soft and hard: chDB raises the soft limit to the hard one when it starts.
         lower_limit = None if limit is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, preexec_fn=lower_limit)
         line = self._read_stdout_line(time.monotonic() + STARTUP_DEADLINE_SECONDS)
-        assert line.startswith("chdb-server listening on http://127.0.0.1:"), line
+        scheme = "https" if self.tls else "http"
+        assert line.startswith(f"chdb-server listening on {scheme}://127.0.0.1:"), line
         self.port = int(line.rsplit(":", 1)[1])
         self._wait_for_ping(time.monotonic() + STARTUP_DEADLINE_SECONDS)
         return self
@@ -116,6 +127,8 @@ class Server:
         return list(spool.iterdir())
 
     def connection(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=60, context=self.tls)
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
     def request(
