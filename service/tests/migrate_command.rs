@@ -5,15 +5,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use clickhouse::Row;
 use serde::Deserialize;
 use testkit::Endpoints;
-use testkit::localenv::Layout;
-use testkit::writer::{Log, WriterProcess, endpoint_vars, wait_exit};
 
 testkit::integration_tests!(
     migrate_reaches_the_newest_version_then_does_nothing,
@@ -72,25 +69,17 @@ async fn migrate(
     database: &str,
     name: &str,
 ) -> anyhow::Result<(Option<i32>, String)> {
-    let mut vars = endpoint_vars(endpoints);
-    vars.extend([
-        ("PONIX_CLICKHOUSE_DATABASE".to_owned(), database.to_owned()),
-        (
-            "PONIX_CLICKHOUSE_MIGRATIONS_ENABLED".to_owned(),
-            "false".to_owned(),
-        ),
-    ]);
-    let log = Layout::workspace().logs_dir().join(format!("{name}.log"));
-    let mut job = WriterProcess::spawn_with_args(
-        Path::new(env!("CARGO_BIN_EXE_ponix-writer")),
+    support::writer::run_command(
+        name,
+        endpoints,
         &["migrate"],
-        &vars,
-        &log,
-        Log::Truncate,
-    )?;
-    let status = wait_exit(&mut job, EXIT_TIMEOUT).await?;
-    let text = std::fs::read_to_string(&log).context("reading the job's log")?;
-    Ok((status.code(), text))
+        &[
+            ("PONIX_CLICKHOUSE_DATABASE", database.to_owned()),
+            ("PONIX_CLICKHOUSE_MIGRATIONS_ENABLED", "false".to_owned()),
+        ],
+        EXIT_TIMEOUT,
+    )
+    .await
 }
 
 /// Every migration file is applied, each exactly once.

@@ -66,6 +66,11 @@ impl Selection {
     }
 
     pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.meets_criteria(letter) && (self.include_failed_replays || !letter.is_failed_replay())
+    }
+
+    /// The criteria alone, failed replays or not.
+    fn meets_criteria(&self, letter: &DeadLetter) -> bool {
         (self.reasons.is_empty() || self.reasons.iter().any(|r| r == letter.reason()))
             && self.since.is_none_or(|since| letter.filed >= since)
             && self.until.is_none_or(|until| letter.filed < until)
@@ -73,7 +78,6 @@ impl Selection {
                 .sequences
                 .as_ref()
                 .is_none_or(|range| letter.first_sequence().is_some_and(|s| range.contains(&s)))
-            && (self.include_failed_replays || !letter.is_failed_replay())
     }
 }
 
@@ -134,6 +138,7 @@ impl ReplayReport {
 
 const SKIP_NO_PAYLOAD: &str =
     "envelope too large to be in the dead letter (see its Ponix-Stream-Sequence)";
+const SKIP_FAILED_REPLAY: &str = "replayed before and failed again (add --include-failed-replays)";
 const SKIP_NOT_FILED_BY_WRITER: &str = "no original subject or sequence (not filed by the writer)";
 
 /// Replays the dead letters `selection` picks; `dry_run` only counts them.
@@ -154,6 +159,9 @@ pub async fn replay(
     while let Some(letter) = reader.next().await? {
         report.read += 1;
         if !selection.matches(&letter) {
+            if selection.meets_criteria(&letter) {
+                *report.skipped.entry(SKIP_FAILED_REPLAY).or_default() += 1;
+            }
             continue;
         }
         let (Some(subject), Some(first)) = (letter.original_subject(), letter.first_sequence())

@@ -20,7 +20,7 @@
 mod batches;
 mod dead_letters;
 mod envelopes;
-mod metrics;
+use support::metrics;
 mod names;
 mod outages;
 mod rows;
