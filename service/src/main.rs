@@ -1,12 +1,14 @@
 //! `ponix-writer`: configuration from the environment, logging, signals; the work is
-//! in the library ([`ponix_writer::run::run`], and [`ponix_writer::run::migrate`] for
-//! `ponix-writer migrate`).
+//! in the library ([`ponix_writer::run::run`], [`ponix_writer::run::migrate`] for
+//! `ponix-writer migrate`, [`ponix_writer::check::run`] for `ponix-writer check`).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the writer failed, 2 for a usage or
-//! configuration error.
+//! configuration error. `check` exits 0 when every item passed and 1 otherwise, a bad
+//! variable included (it is one of the items); 2 for a usage error.
 
 use std::process::ExitCode;
 
+use ponix_writer::check;
 use ponix_writer::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -17,9 +19,14 @@ Usage:
   ponix-writer migrate    run the schema migrations once (same lease and timeout as
                           start-up, whatever PONIX_CLICKHOUSE_MIGRATIONS_ENABLED says),
                           then exit: for a migration job or an init container
+  ponix-writer check      a pre-flight that changes nothing: the variables, NATS, the
+                          streams and the consumer, ClickHouse, the table's columns,
+                          goose and the pending migrations, each ok or FAIL with its
+                          fix; exit 0 only when all pass, 1 otherwise.
+                          `check --format json` prints the same report as JSON
   ponix-writer --version
 
-Both are configured by the same PONIX_* environment variables:
+All are configured by the same PONIX_* environment variables:
 ";
 
 /// What the command line asks for; everything else is configured by `PONIX_*`
@@ -29,6 +36,8 @@ enum Command {
     Run,
     /// `migrate`: the migrations, once, then exit.
     Migrate,
+    /// `check`: the pre-flight report, then exit.
+    Check(check::Format),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +45,14 @@ fn main() -> ExitCode {
     let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => Command::Run,
         ["migrate"] => Command::Migrate,
+        ["check"] => Command::Check(check::Format::Text),
+        ["check", "--format", format] => match format.parse() {
+            Ok(format) => Command::Check(format),
+            Err(error) => {
+                eprintln!("ponix-writer check: {error} (see --help)");
+                return ExitCode::from(2);
+            }
+        },
         ["-h" | "--help" | "help"] => {
             print!("{USAGE}\n{}", config::help_text());
             return ExitCode::SUCCESS;
@@ -46,13 +63,18 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "ponix-writer: unexpected arguments {args:?}; the commands are `ponix-writer` and \
-                 `ponix-writer migrate`, configured through PONIX_* environment variables (see --help)"
+                "ponix-writer: unexpected arguments {args:?}; the commands are `ponix-writer`, \
+                 `ponix-writer migrate` and `ponix-writer check [--format text|json]`, configured through PONIX_* environment variables (see --help)"
             );
             return ExitCode::from(2);
         }
     };
 
+    let migrate_only = match command {
+        Command::Check(format) => return run_check(format),
+        Command::Run => false,
+        Command::Migrate => true,
+    };
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(errors) => {
@@ -83,13 +105,14 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        let result = match command {
-            Command::Run => ponix_writer::run::run(config, shutdown).await,
-            Command::Migrate => tokio::select! {
+        let result = if migrate_only {
+            tokio::select! {
                 result = ponix_writer::run::migrate(&config) => result,
                 // goose is killed with its future (kill_on_drop); the next run completes it.
                 () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; run `ponix-writer migrate` again to complete the migrations")),
-            },
+            }
+        } else {
+            ponix_writer::run::run(config, shutdown).await
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +125,28 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `ponix-writer check`: the report on stdout, and no log: the report is the whole
+/// output, so that `--format json` stays parseable even where stderr is merged in.
+fn run_check(format: check::Format) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ponix-writer check: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(check::run(Config::from_env()));
+    print!("{}", report.render(format));
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn init_tracing(config: &Config) -> Result<(), tracing_subscriber::filter::ParseError> {

@@ -241,21 +241,28 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
-        // Credentials go as options, never inside a URL: async-nats logs server URLs.
-        config
-            .nats
-            .connect_options()
-            .name("ponix-writer")
-            .connection_timeout(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
-            )
-            .connect(config.nats.server_urls())
-            .await
-            .map_err(anyhow::Error::from)
+        nats_options(
+            config,
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        )
+        .connect(config.nats.server_urls())
+        .await
+        .map_err(anyhow::Error::from)
     })
     .await
+}
+
+/// The options of every NATS connection the writer makes, each attempt bounded by
+/// `timeout`. Credentials go as options, never inside a URL: async-nats logs server
+/// URLs.
+pub(crate) fn nats_options(config: &Config, timeout: Duration) -> async_nats::ConnectOptions {
+    config
+        .nats
+        .connect_options()
+        .name("ponix-writer")
+        .connection_timeout(timeout)
 }
 
 async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> anyhow::Result<()> {
