@@ -86,11 +86,7 @@ pub(super) async fn table(store: &Store, config: &Config) -> Item {
             ch.table,
             COLUMNS.len()
         );
-        let others: Vec<&str> = columns
-            .iter()
-            .filter(|c| !COLUMNS.iter().any(|(name, _)| *name == c.name))
-            .map(|c| c.name.as_str())
-            .collect();
+        let others = unknown_columns(&columns);
         if !others.is_empty() {
             detail.push_str(&format!(
                 " (and {}, which inserts leave to their defaults)",
@@ -156,11 +152,7 @@ fn problems(columns: &[Column]) -> Vec<String> {
             Some(_) => {}
         }
     }
-    let others: Vec<&str> = columns
-        .iter()
-        .filter(|c| !COLUMNS.iter().any(|(name, _)| *name == c.name))
-        .map(|c| c.name.as_str())
-        .collect();
+    let others = unknown_columns(columns);
     if !problems.is_empty() && !others.is_empty() {
         problems.push(format!(
             "columns the writer does not know: {}",
@@ -168,6 +160,15 @@ fn problems(columns: &[Column]) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// The table's columns the writer does not insert.
+fn unknown_columns(columns: &[Column]) -> Vec<&str> {
+    columns
+        .iter()
+        .filter(|c| !COLUMNS.iter().any(|(name, _)| *name == c.name))
+        .map(|c| c.name.as_str())
+        .collect()
 }
 
 #[cfg(test)]

@@ -299,3 +299,75 @@ fn lookup_failed(item: &str, stream: &str, error: &impl std::fmt::Display) -> It
         "check that this NATS account may read stream info (the writer needs it)",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> NatsConfig {
+        Config::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .unwrap()
+            .nats
+    }
+
+    /// A stream's info as the server sends it.
+    fn info(subjects: &[&str], last_seq: u64) -> stream::Info {
+        serde_json::from_value(serde_json::json!({
+            "config": stream::Config {
+                name: "processed_envelopes".to_owned(),
+                subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            },
+            "created": "2026-12-01T00:00:00Z",
+            "state": {
+                "messages": last_seq, "bytes": 0, "first_seq": 1,
+                "first_ts": "2026-12-01T00:00:00Z", "last_seq": last_seq,
+                "last_ts": "2026-12-01T00:00:00Z", "consumer_count": 1
+            },
+            "cluster": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stream_fits_when_it_captures_the_subject_and_continues_the_table() {
+        let item = stream_item(
+            &config(&[]),
+            "t",
+            &info(&["processed_envelopes.>"], 10),
+            Some(10),
+        );
+        assert!(item.ok, "{item:?}");
+        assert!(item.detail.contains("next sequence 11"), "{item:?}");
+    }
+
+    #[test]
+    fn a_stream_that_misses_the_subject_or_reuses_sequences_fails_with_the_fix() {
+        let item = stream_item(&config(&[]), "t", &info(&["other.>"], 10), Some(0));
+        assert!(!item.ok);
+        assert!(
+            item.detail
+                .contains("PONIX_NATS_SUBJECT=processed_envelopes.>"),
+            "{item:?}"
+        );
+
+        let item = stream_item(
+            &config(&[]),
+            "t",
+            &info(&["processed_envelopes.>"], 10),
+            Some(50),
+        );
+        assert!(!item.ok);
+        assert!(item.detail.contains("up to 50"), "{item:?}");
+        assert!(item.fix.unwrap().contains("--first-sequence 51"));
+
+        // Accepted by configuration: ok, and said.
+        let reuse = config(&[("PONIX_NATS_ALLOW_SEQUENCE_REUSE", "true")]);
+        let item = stream_item(&reuse, "t", &info(&["processed_envelopes.>"], 10), Some(50));
+        assert!(item.ok, "{item:?}");
+        assert!(
+            item.detail.contains("PONIX_NATS_ALLOW_SEQUENCE_REUSE=true"),
+            "{item:?}"
+        );
+    }
+}
