@@ -18,6 +18,13 @@ xflags::xflags! {
         /// Run the schema migrations once (same lease and timeout as start-up,
         /// whatever PONIX_CLICKHOUSE_MIGRATIONS_ENABLED says), then exit.
         cmd migrate {}
+        /// A pre-flight that changes nothing: the variables, NATS, the streams and the
+        /// consumer, ClickHouse, the table's columns, goose and the pending migrations,
+        /// each ok or FAIL with its fix. Exit 0 only when all pass, 1 otherwise.
+        cmd check {
+            /// `text` (default) or `json`: the same report, for scripts.
+            optional --format format: String
+        }
         /// Inspect the dead-letter stream and replay dead letters onto the main stream.
         cmd dead-letters {
             /// Counts by reason, with the oldest and newest dead letter of each.

@@ -25,6 +25,9 @@ pub async fn execute(
         PonixWriterCmd::DeadLetters(command) => {
             until_interrupted(&shutdown, dead_letters(&config, command)).await
         }
+        // The binary runs check before the configuration is read (check reports a bad
+        // one item by item), without logging: see `check::run`.
+        PonixWriterCmd::Check(_) => bail!("`check` runs through ponix_writer::check::run"),
     }
 }
 

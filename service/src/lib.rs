@@ -2,8 +2,10 @@
 //!
 //! Modules follow the data path: [`config`] → [`envelope`] (decode and validate) →
 //! [`payload`] (Struct ↔ JSON) → [`row`] (conversion) → [`store`] (ClickHouse) →
-//! [`streams`] and [`consumer`] (JetStream) → [`run`] (wiring, shutdown).
+//! [`streams`] and [`consumer`] (JetStream) → [`run`] (wiring, shutdown). [`check`] is
+//! the pre-flight of `ponix-writer check`.
 
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;

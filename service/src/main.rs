@@ -1,13 +1,16 @@
 //! `ponix-writer`: the command line, configuration from the environment, logging,
-//! signals; the work is in the library ([`ponix_writer::commands::execute`]).
+//! signals; the work is in the library ([`ponix_writer::commands::execute`], and
+//! [`ponix_writer::check::run`] for `ponix-writer check`).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when the writer failed, 2 for a usage or
-//! configuration error.
+//! configuration error. `check` exits 0 when every item passed and 1 otherwise, a bad
+//! variable included (it is one of the items); 2 for a usage error.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use ponix_writer::cli::PonixWriter;
+use ponix_writer::check;
+use ponix_writer::cli::{PonixWriter, PonixWriterCmd};
 use ponix_writer::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -29,6 +32,17 @@ fn main() -> ExitCode {
     if flags.version {
         println!("ponix-writer {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+
+    // check reports a bad configuration itself, item by item.
+    if let PonixWriterCmd::Check(flags) = &flags.subcommand {
+        return match flags.format.as_deref().unwrap_or("text").parse() {
+            Ok(format) => run_check(format),
+            Err(error) => {
+                eprintln!("ponix-writer check: {error}; see `ponix-writer --help`");
+                ExitCode::from(2)
+            }
+        };
     }
 
     let config = match Config::from_env() {
@@ -73,6 +87,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `ponix-writer check`: the report on stdout, and no log: the report is the whole
+/// output, so that `--format json` stays parseable even where stderr is merged in.
+fn run_check(format: check::Format) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ponix-writer check: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(check::run(Config::from_env()));
+    // A closed pipe (`| head`) is not a failed check.
+    let _ = write!(std::io::stdout().lock(), "{}", report.render(format));
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn init_tracing(config: &Config) -> Result<(), tracing_subscriber::filter::ParseError> {

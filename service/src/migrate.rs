@@ -179,9 +179,6 @@ pub async fn run(
     if !config.dir.is_dir() {
         return Err(MigrateError::DirMissing(config.dir.clone()));
     }
-    let mut scrub_list: Vec<&str> = vec![dsn.expose()];
-    scrub_list.extend_from_slice(secrets);
-
     tracing::info!(
         goose = %config.goose_binary.display(),
         dir = %config.dir.display(),
@@ -190,11 +187,31 @@ pub async fn run(
         "running migrations"
     );
     let started = tokio::time::Instant::now();
-    let mut command = goose_command(&config.goose_binary, &config.dir, table, dsn);
-    if let Some(ca_file) = &config.ca_file {
-        command.env("SSL_CERT_FILE", ca_file);
+    let text = goose(config, table, dsn, secrets, "up").await?;
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        tracing::info!(target: "ponix_writer::migrate::goose", "{line}");
     }
-    let child = command
+    tracing::info!(elapsed = ?started.elapsed(), "migrations done");
+    Ok(())
+}
+
+/// Runs goose's `command` (`up`, `status`) for `table`, bounded by the migrations
+/// timeout: its output, stdout then stderr, scrubbed of `dsn` and `secrets`. A goose
+/// that exits non-zero is [`MigrateError::Failed`], quoting the end of that output.
+pub(crate) async fn goose(
+    config: &MigrationsConfig,
+    table: &str,
+    dsn: &Secret,
+    secrets: &[&str],
+    command: &str,
+) -> Result<String, MigrateError> {
+    let mut scrub_list: Vec<&str> = vec![dsn.expose()];
+    scrub_list.extend_from_slice(secrets);
+    let mut goose = goose_command(&config.goose_binary, &config.dir, table, dsn, command);
+    if let Some(ca_file) = &config.ca_file {
+        goose.env("SSL_CERT_FILE", ca_file);
+    }
+    let child = goose
         .spawn()
         .map_err(|source| spawn_error(&config.goose_binary, source))?;
 
@@ -220,14 +237,16 @@ pub async fn run(
             output: tail(text.trim(), MAX_OUTPUT_IN_ERROR),
         });
     }
-    for line in text.lines().filter(|line| !line.trim().is_empty()) {
-        tracing::info!(target: "ponix_writer::migrate::goose", "{line}");
-    }
-    tracing::info!(elapsed = ?started.elapsed(), "migrations done");
-    Ok(())
+    Ok(text)
 }
 
-fn goose_command(binary: &Path, dir: &Path, table: &str, dsn: &Secret) -> Command {
+fn goose_command(
+    binary: &Path,
+    dir: &Path,
+    table: &str,
+    dsn: &Secret,
+    subcommand: &str,
+) -> Command {
     let mut command = Command::new(binary);
     command
         .arg("-env")
@@ -237,7 +256,7 @@ fn goose_command(binary: &Path, dir: &Path, table: &str, dsn: &Secret) -> Comman
         .arg(dir)
         .arg("-table")
         .arg(version_table(table))
-        .arg("up")
+        .arg(subcommand)
         .env(TABLE_VAR, table)
         .env("GOOSE_DRIVER", "clickhouse")
         .env("GOOSE_DBSTRING", dsn.expose())
@@ -248,7 +267,7 @@ fn goose_command(binary: &Path, dir: &Path, table: &str, dsn: &Secret) -> Comman
     command
 }
 
-fn spawn_error(binary: &Path, source: io::Error) -> MigrateError {
+pub(crate) fn spawn_error(binary: &Path, source: io::Error) -> MigrateError {
     match source.kind() {
         io::ErrorKind::NotFound => MigrateError::GooseNotFound(binary.to_owned()),
         _ => MigrateError::Spawn {
@@ -288,7 +307,7 @@ pub fn goose_dsn(migrations: &MigrationsConfig, clickhouse: &ClickHouseConfig) -
 /// - every occurrence of each non-empty secret, as given and percent-encoded;
 /// - the password part of any `scheme://user:password@` in the text, whatever it is
 ///   (goose and its driver sometimes print a DSN they re-encoded themselves).
-fn scrub(text: &str, secrets: &[&str]) -> String {
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     // Longest first, so that a secret containing another one is replaced whole.
     let mut needles: Vec<String> = secrets

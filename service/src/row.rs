@@ -4,6 +4,18 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::ValidEnvelope;
 
+/// The columns the writer inserts, as `(name, ClickHouse type)` in [`ProcessedEnvelopeRow`]'s
+/// field order: the types the migrations create, and what `ponix-writer check` compares
+/// the table with. A test ties the names to the struct's fields.
+pub const COLUMNS: [(&str, &str); 6] = [
+    ("organization_id", "String"),
+    ("end_device_id", "String"),
+    ("occurred_at", "DateTime('UTC')"),
+    ("processed_at", "DateTime('UTC')"),
+    ("data", "JSON"),
+    ("stream_sequence", "UInt64"),
+];
+
 /// A row of the `processed_envelopes` table. Fields are in the table's column order:
 /// RowBinary is positional, so serde's field order is the wire order.
 ///
@@ -93,6 +105,28 @@ mod tests {
             serde_json::to_string(&row()).unwrap(),
             r#"{"organization_id":"org-3","end_device_id":"dev-7","occurred_at":100,"processed_at":200,"data":"{\"x\":[1]}","stream_sequence":42}"#
         );
+    }
+
+    #[test]
+    fn the_column_list_names_the_fields_in_order() {
+        let value = serde_json::to_value(row()).unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        // serde emits the fields in wire order; the map above sorts them.
+        let text = serde_json::to_string(&row()).unwrap();
+        let at = |name: &str| text.find(&format!("\"{name}\":")).unwrap();
+        assert!(
+            names.windows(2).all(|pair| at(pair[0]) < at(pair[1])),
+            "{text}"
+        );
+        fields.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(fields, names);
     }
 
     /// Why `envelope::validate` checks the range: the adapter refuses times a `DateTime`

@@ -247,20 +247,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
 
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
-        // Credentials go as options, never inside a URL: async-nats logs server URLs.
-        config
-            .nats
-            .connect_options()
-            .map_err(|error| Refused(error.to_string()))?
-            .name("ponix-writer")
-            .connection_timeout(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
-            )
-            .connect(config.nats.server_urls())
-            .await
-            .map_err(|error| nats_connect_error(&config.nats, error))
+        nats_options(
+            config,
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        )
+        .map_err(|error| Refused(error.to_string()))?
+        .connect(config.nats.server_urls())
+        .await
+        .map_err(|error| nats_connect_error(&config.nats, error))
     })
     .await
 }
@@ -290,6 +286,22 @@ fn nats_connect_error(
             None => error.into(),
         },
     }
+}
+
+/// The options of every NATS connection the writer makes, each attempt bounded by
+/// `timeout`. Credentials go as options, never inside a URL: async-nats logs server
+/// URLs.
+/// Fails when a credential or certificate file the configuration names cannot be
+/// used.
+pub(crate) fn nats_options(
+    config: &Config,
+    timeout: Duration,
+) -> std::io::Result<async_nats::ConnectOptions> {
+    Ok(config
+        .nats
+        .connect_options()?
+        .name("ponix-writer")
+        .connection_timeout(timeout))
 }
 
 async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> anyhow::Result<()> {

@@ -99,6 +99,17 @@ impl Store {
         &self.table
     }
 
+    /// The client, with the writer's settings and credentials, for read-only
+    /// inspection (`ponix-writer check`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The bound on every query: the insert timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.insert_timeout
+    }
+
     /// `SELECT 1`, bounded by the insert timeout: proves the server answers and the
     /// credentials and database are accepted.
     pub async fn ping(&self) -> Result<(), StoreError> {

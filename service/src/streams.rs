@@ -50,6 +50,10 @@
 //!   [`Refusal::ConsumerMismatch`] naming both values and the variable. The other
 //!   settings (MaxAckPending, the filter subject, the description) are updated to the
 //!   configuration, as before.
+//!
+//! `ponix-writer check` ([`crate::check`]) applies the same checks and describes the
+//! same objects (`stream_config`, `dead_letter_stream_config`, `consumer_config`)
+//! without creating or changing any.
 
 use std::time::Duration;
 
@@ -142,8 +146,35 @@ async fn ensure_stream(
 ) -> anyhow::Result<stream::Stream> {
     // Read before the stream is looked at: a stream created after this read by another
     // replica starts at or above it, so the check below cannot misfire on it.
-    let stored = match store.max_stream_sequence().await {
-        Ok(stored) => stored,
+    let stored = highest_stored_sequence(store).await?;
+    let stream = match js.get_stream(&config.stream).await {
+        Ok(stream) => stream,
+        Err(error) if is_stream_not_found(error.kind()) => {
+            create_stream(js, config, stored).await?
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("looking up stream {}", config.stream));
+        }
+    };
+    let next = next_sequence(&stream.cached_info().state);
+    if let Some(refusal) = check_sequences(config, store.table(), next, stored) {
+        if config.allow_sequence_reuse {
+            tracing::warn!(
+                error = %refusal,
+                "PONIX_NATS_ALLOW_SEQUENCE_REUSE=true: consuming anyway"
+            );
+        } else {
+            return Err(refusal.into());
+        }
+    }
+    Ok(stream)
+}
+
+/// The highest `stream_sequence` stored in `store`'s table, 0 when the table or the
+/// column does not exist yet.
+pub(crate) async fn highest_stored_sequence(store: &Store) -> anyhow::Result<u64> {
+    match store.max_stream_sequence().await {
+        Ok(stored) => Ok(stored),
         // No table, or no stream_sequence column yet (a migration not applied): no row
         // holds a sequence, so none can be reused. Inserts fail until the table is
         // fixed, and say so.
@@ -158,50 +189,36 @@ async fn ensure_stream(
                 table = store.table(),
                 "the table holds no stream sequences yet; the stream is not checked against it"
             );
-            0
+            Ok(0)
         }
-        Err(error) => {
-            return Err(anyhow::Error::from(error)).with_context(|| {
-                format!(
-                    "reading the highest stream_sequence stored in table {} (the stream must \
-                     continue after it)",
-                    store.table()
-                )
-            });
-        }
-    };
-    let stream = match js.get_stream(&config.stream).await {
-        Ok(stream) => stream,
-        Err(error) if is_stream_not_found(error.kind()) => {
-            create_stream(js, config, stored).await?
-        }
-        Err(error) => {
-            return Err(error).with_context(|| format!("looking up stream {}", config.stream));
-        }
-    };
-    let state = &stream.cached_info().state;
-    // An empty stream reports last_seq 0 unless it was created with first_seq (or
-    // purged); its next sequence is first_seq then.
-    let next = state
+        Err(error) => Err(anyhow::Error::from(error)).with_context(|| {
+            format!(
+                "reading the highest stream_sequence stored in table {} (the stream must \
+                 continue after it)",
+                store.table()
+            )
+        }),
+    }
+}
+
+/// The sequence a stream in `state` gives its next message. An empty stream reports
+/// last_seq 0 unless it was created with first_seq (or purged); its next sequence is
+/// first_seq then.
+pub(crate) fn next_sequence(state: &stream::State) -> u64 {
+    state
         .last_sequence
         .max(state.first_sequence.saturating_sub(1))
-        .saturating_add(1);
-    if let Some(refusal) = check_sequences(config, store.table(), next, stored) {
-        if config.allow_sequence_reuse {
-            tracing::warn!(
-                error = %refusal,
-                "PONIX_NATS_ALLOW_SEQUENCE_REUSE=true: consuming anyway"
-            );
-        } else {
-            return Err(refusal.into());
-        }
-    }
-    Ok(stream)
+        .saturating_add(1)
 }
 
 /// `Some` when a stream whose next sequence is `next` would reuse sequences of a table
 /// whose highest is `stored`.
-fn check_sequences(config: &NatsConfig, table: &str, next: u64, stored: u64) -> Option<Refusal> {
+pub(crate) fn check_sequences(
+    config: &NatsConfig,
+    table: &str,
+    next: u64,
+    stored: u64,
+) -> Option<Refusal> {
     (next <= stored).then(|| Refusal::SequenceReuse {
         stream: config.stream.clone(),
         table: table.to_owned(),
@@ -211,24 +228,29 @@ fn check_sequences(config: &NatsConfig, table: &str, next: u64, stored: u64) -> 
     })
 }
 
+/// The stream the writer creates when it is missing, continuing after `stored`, the
+/// highest sequence in the table.
+pub(crate) fn stream_config(config: &NatsConfig, stored: u64) -> stream::Config {
+    let first = stored.saturating_add(1);
+    stream::Config {
+        name: config.stream.clone(),
+        subjects: config.stream_subjects.clone(),
+        storage: StorageType::File,
+        max_age: config.stream_max_age,
+        max_bytes: max_bytes(config.stream_max_bytes),
+        // 1 is JetStream's own start; leave the field out then, as before.
+        first_sequence: (first > 1).then_some(first),
+        ..Default::default()
+    }
+}
+
 async fn create_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
     stored: u64,
 ) -> anyhow::Result<stream::Stream> {
     let first = stored.saturating_add(1);
-    let created = js
-        .create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: config.stream_subjects.clone(),
-            storage: StorageType::File,
-            max_age: config.stream_max_age,
-            max_bytes: max_bytes(config.stream_max_bytes),
-            // 1 is JetStream's own start; leave the field out then, as before.
-            first_sequence: (first > 1).then_some(first),
-            ..Default::default()
-        })
-        .await;
+    let created = js.create_stream(stream_config(config, stored)).await;
     match created {
         Ok(stream) => {
             tracing::info!(stream = %config.stream, first_sequence = first, "created the stream");
@@ -252,7 +274,7 @@ async fn create_stream(
     }
 }
 
-fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
+pub(crate) fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
     matches!(kind, GetStreamErrorKind::JetStream(error)
         if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
@@ -288,12 +310,9 @@ fn dead_letter_duplicate_window(config: &NatsConfig) -> Duration {
     }
 }
 
-/// Creates the dead-letter stream if it is missing.
-pub async fn ensure_dead_letter_stream(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-) -> anyhow::Result<()> {
-    js.get_or_create_stream(stream::Config {
+/// The dead-letter stream the writer creates when it is missing.
+pub(crate) fn dead_letter_stream_config(config: &NatsConfig) -> stream::Config {
+    stream::Config {
         name: config.dead_letter_stream.clone(),
         subjects: vec![config.dead_letter_subject.clone()],
         storage: StorageType::File,
@@ -301,8 +320,16 @@ pub async fn ensure_dead_letter_stream(
         max_bytes: max_bytes(config.dead_letter_max_bytes),
         duplicate_window: dead_letter_duplicate_window(config),
         ..Default::default()
-    })
-    .await
+    }
+}
+
+/// Creates the dead-letter stream if it is missing.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> anyhow::Result<()> {
+    js.get_or_create_stream(dead_letter_stream_config(config))
+        .await
     .with_context(|| {
         format!(
             "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
@@ -333,16 +360,7 @@ async fn ensure_consumer(
         }
     }
     stream
-        .create_consumer(pull::Config {
-            durable_name: Some(config.consumer.clone()),
-            description: Some("ponix-writer: ProcessedEnvelope to ClickHouse".to_owned()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: config.ack_wait,
-            max_deliver: config.max_deliver,
-            max_ack_pending: config.max_ack_pending,
-            filter_subject: config.subject.clone(),
-            ..Default::default()
-        })
+        .create_consumer(consumer_config(config))
         .await
         .with_context(|| {
             format!(
@@ -352,9 +370,26 @@ async fn ensure_consumer(
         })
 }
 
+/// The durable consumer the writer creates, or updates an existing one to.
+pub(crate) fn consumer_config(config: &NatsConfig) -> pull::Config {
+    pull::Config {
+        durable_name: Some(config.consumer.clone()),
+        description: Some("ponix-writer: ProcessedEnvelope to ClickHouse".to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        max_ack_pending: config.max_ack_pending,
+        filter_subject: config.subject.clone(),
+        ..Default::default()
+    }
+}
+
 /// A [`Refusal::ConsumerMismatch`] if the existing consumer's AckWait or MaxDeliver
 /// differs from the configuration.
-fn check_consumer(config: &NatsConfig, existing: &jetstream::consumer::Config) -> Option<Refusal> {
+pub(crate) fn check_consumer(
+    config: &NatsConfig,
+    existing: &jetstream::consumer::Config,
+) -> Option<Refusal> {
     let mismatch =
         |setting, variable, existing: String, existing_value: String, configured: String| {
             Refusal::ConsumerMismatch {

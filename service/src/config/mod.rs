@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use read::{ConfigError, VarError};
-pub(crate) use syntax::percent_encode_userinfo;
+pub(crate) use syntax::{percent_encode_userinfo, subject_covers};
 pub use vars::{Form, VARIABLES, Var, VarDefault, help_text};
 
 use crate::tls::ClientTls;

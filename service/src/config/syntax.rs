@@ -176,7 +176,7 @@ pub(super) fn subject_tokens(subject: &str, wildcards: bool) -> Option<Vec<&str>
 
 /// Whether every subject `filter` matches is also matched by `pattern` (a concrete subject
 /// is a filter that matches itself).
-pub(super) fn subject_covers(pattern: &str, filter: &str) -> bool {
+pub(crate) fn subject_covers(pattern: &str, filter: &str) -> bool {
     let mut pattern = pattern.split('.');
     let mut filter = filter.split('.');
     loop {

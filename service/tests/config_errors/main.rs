@@ -93,7 +93,12 @@ fn every_variable_bad_at_once_is_reported_together() {
 
 #[test]
 fn an_unexpected_argument_is_a_usage_error() {
-    for args in [&["--bogus"][..], &["run"], &["-x", "--help"]] {
+    for args in [
+        &["--bogus"][..],
+        &["run"],
+        &["-x", "--help"],
+        &["check", "--bogus"],
+    ] {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let output = run(&args, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -107,6 +112,21 @@ fn an_unexpected_argument_is_a_usage_error() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn an_unknown_check_format_is_a_usage_error() {
+    let output = run(
+        &["check".to_owned(), "--format".to_owned(), "xml".to_owned()],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(EXIT_USAGE), "{stderr}");
+    assert!(
+        stderr.contains("\"xml\"") && stderr.contains("json") && stderr.contains("--help"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -127,6 +147,7 @@ fn help_lists_every_variable_with_its_default() {
         for command in [
             "With no command it runs the writer",
             "\nponix-writer migrate\n",
+            "\nponix-writer check\n",
             "\nponix-writer dead-letters summary\n",
             "\nponix-writer dead-letters show\n",
             "\nponix-writer dead-letters replay\n",
