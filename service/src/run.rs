@@ -165,11 +165,7 @@ struct Started {
 
 async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
     let deadline = Instant::now() + config.startup_timeout;
-    let store = Store::new(&config.clickhouse);
-    let (nats, ()) = tokio::try_join!(
-        connect_nats(config, deadline),
-        ping_clickhouse(&store, config, deadline),
-    )?;
+    let (nats, store) = connect_both(config, deadline).await?;
     health.set_nats(nats.clone());
     health.set_clickhouse_answered();
 
@@ -211,11 +207,7 @@ async fn start(config: &Config, health: &Health) -> anyhow::Result<Started> {
 /// whatever that variable says.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let deadline = Instant::now() + config.startup_timeout;
-    let store = Store::new(&config.clickhouse);
-    let (nats, ()) = tokio::try_join!(
-        connect_nats(config, deadline),
-        ping_clickhouse(&store, config, deadline),
-    )?;
+    let (nats, _) = connect_both(config, deadline).await?;
     let migrations = crate::config::MigrationsConfig {
         enabled: true,
         ..config.migrations.clone()
@@ -237,6 +229,19 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         tracing::warn!(%error, "draining the NATS connection failed");
     }
     result
+}
+
+/// NATS connected and ClickHouse answering, side by side, by `deadline`.
+async fn connect_both(
+    config: &Config,
+    deadline: Instant,
+) -> anyhow::Result<(async_nats::Client, Store)> {
+    let store = Store::new(&config.clickhouse);
+    let (nats, ()) = tokio::try_join!(
+        connect_nats(config, deadline),
+        ping_clickhouse(&store, config, deadline),
+    )?;
+    Ok((nats, store))
 }
 
 /// A NATS connection for an operator command: the writer's credentials and

@@ -133,14 +133,7 @@ impl Managed {
     /// must authenticate in a way the plain probe cannot (TLS with client
     /// certificates, nkeys, operator mode): ready once the log says `Server is ready`.
     pub fn private_nats_secured(config: &str) -> anyhow::Result<Managed> {
-        let layout = Layout::workspace();
-        let scratch = scratch_dir("nats")?;
-        let port = free_port()?;
-        let file = scratch.join("nats.conf");
-        std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
-        let mut argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
-        argv.push("--config".into());
-        argv.push(file.into());
+        let (scratch, port, argv) = nats_with_config_file(config)?;
         let log = scratch.join(format!("{NATS}.log"));
         let process = Recorded::spawn(NATS, argv, &scratch, &log)?;
         let managed = Managed {
@@ -168,14 +161,7 @@ impl Managed {
     /// flags win over it. The readiness probe connects without credentials, so a
     /// configuration with users needs a `no_auth_user` the probe can use.
     pub fn private_nats_with_config(config: &str) -> anyhow::Result<Managed> {
-        let layout = Layout::workspace();
-        let scratch = scratch_dir("nats")?;
-        let port = free_port()?;
-        let file = scratch.join("nats.conf");
-        std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
-        let mut argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
-        argv.push("--config".into());
-        argv.push(file.into());
+        let (scratch, port, argv) = nats_with_config_file(config)?;
         Managed::spawn_private(Kind::Nats, port, argv, scratch)
     }
 
@@ -371,6 +357,19 @@ impl Drop for Stopped<'_> {
             eprintln!("could not start {} again: {err:#}", managed.kind.name());
         }
     }
+}
+
+/// A private nats-server's scratch directory, port and command line, with `config`
+/// written to its configuration file (the port, JetStream and store flags win).
+fn nats_with_config_file(config: &str) -> anyhow::Result<(PathBuf, u16, Vec<std::ffi::OsString>)> {
+    let scratch = scratch_dir("nats")?;
+    let port = free_port()?;
+    let file = scratch.join("nats.conf");
+    std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
+    let mut argv = local::nats_argv(&Layout::workspace(), port, &scratch.join("store"))?;
+    argv.push("--config".into());
+    argv.push(file.into());
+    Ok((scratch, port, argv))
 }
 
 fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
