@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
+use crate::consumer::watchdog::{CONNECT_ATTEMPT_TIMEOUT, PING_INTERVAL};
 use crate::health::Health;
 use crate::http;
 use crate::metrics::Metrics;
@@ -214,11 +215,15 @@ async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<asyn
             .nats
             .connect_options()
             .name("ponix-writer")
+            // Per attempt and per server, on every reconnect too: a server that accepts
+            // the connection and says nothing must not hold the client (see
+            // consumer::watchdog). retry_until repeats attempts until the deadline.
             .connection_timeout(
                 deadline
                     .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
+                    .clamp(Duration::from_millis(100), CONNECT_ATTEMPT_TIMEOUT),
             )
+            .ping_interval(PING_INTERVAL)
             .connect(config.nats.server_urls())
             .await
             .map_err(anyhow::Error::from)

@@ -18,6 +18,8 @@
 //! `cargo test` lists them as ignored, since they take minutes. `PONIX_DRILL_MESSAGES`
 //! sets N (default 10,000).
 
+#[path = "drills/failover.rs"]
+mod failover;
 #[path = "drills/migration_scenarios.rs"]
 mod migration_scenarios;
 #[path = "drills/plan.rs"]
@@ -58,6 +60,7 @@ const DRILLS: &[(&str, Drill)] = &[
         Box::pin(scenarios::clickhouse_hang(n))
     }),
     ("nats-restart", |n| Box::pin(scenarios::nats_restart(n))),
+    ("nats-failover", |n| Box::pin(failover::nats_failover(n))),
     ("writer-kill", |n| Box::pin(scenarios::writer_kill(n))),
     ("poison", |n| Box::pin(scenarios::poison(n))),
     ("schema-drift", |n| Box::pin(scenarios::schema_drift(n))),

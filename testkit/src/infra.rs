@@ -242,7 +242,7 @@ impl Drop for Stopped<'_> {
     }
 }
 
-fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = Layout::workspace()
         .tools_dir()

@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the insta settings with the one shared redaction table.
 //! - [`strategies`]: the one module of proptest strategies.
 
+pub mod cluster;
 pub mod endpoints;
 pub mod harness;
 pub mod infra;

@@ -152,6 +152,7 @@ mod backoff;
 mod bisect;
 mod dead_letter;
 mod hold;
+pub mod watchdog;
 
 pub use backoff::{is_last_delivery, nak_delay};
 use bisect::{MAX_INSERTS_PER_BATCH, RowOutcome, insert_bisecting};
@@ -299,6 +300,9 @@ impl Consumer {
                         Err(error) => Some(error),
                     };
                     if let Some(error) = failure {
+                        if watchdog::is_unanswered(&error) {
+                            watchdog::after_unanswered_pull(&self.js.client()).await;
+                        }
                         fetch_failures = fetch_failures.saturating_add(1);
                         let pause = nak_delay(
                             i64::from(fetch_failures),
@@ -345,6 +349,10 @@ impl Consumer {
     ///
     /// With `retry_at` (after a failed pull) it first waits until then; shutdown
     /// ends that wait with an empty batch.
+    ///
+    /// A pull the server does not end in time ends with [`watchdog::Unanswered`] (see
+    /// [`watchdog`]): messages already read are kept; those the server may still send
+    /// come back after AckWait.
     async fn fetch(
         &self,
         single: bool,
@@ -366,10 +374,28 @@ impl Consumer {
                 .max_messages(self.config.batch_size)
                 .max_bytes(self.config.batch_max_bytes)
         };
-        let mut batch = builder.messages().await?;
+        let started = Instant::now();
+        let deadline = started + self.config.batch_wait + watchdog::PULL_ANSWER_GRACE;
+        let unanswered = || -> async_nats::Error {
+            Box::new(watchdog::Unanswered {
+                waited: started.elapsed(),
+            })
+        };
+        let mut batch = match tokio::time::timeout_at(deadline, builder.messages()).await {
+            Ok(batch) => batch?,
+            Err(_) => return Err(unanswered()),
+        };
         let mut deliveries = Vec::with_capacity(if single { 1 } else { self.config.batch_size });
         let mut ended_by = None;
-        while let Some(item) = batch.next().await {
+        loop {
+            let item = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    ended_by = Some(unanswered());
+                    break;
+                }
+            };
             match item {
                 Ok(message) => deliveries.extend(self.delivery(message)),
                 Err(error) => {
