@@ -152,6 +152,7 @@ mod backoff;
 mod bisect;
 mod dead_letter;
 mod hold;
+mod pull;
 pub mod watchdog;
 
 pub use backoff::{is_last_delivery, nak_delay};
@@ -313,8 +314,21 @@ impl Consumer {
                         tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
                         retry_at = Some(Instant::now() + pause);
                         // The stream or consumer may have been deleted under us: recreate
-                        // them (idempotent) before the next pull.
-                        match crate::streams::ensure(&self.js, &self.config, &self.store).await {
+                        // them (idempotent) before the next pull. Bounded: while a cluster
+                        // elects leaders, JetStream's API stays silent for seconds, and the
+                        // next pull is the better check (see consumer::watchdog).
+                        let ensured = tokio::time::timeout(
+                            watchdog::ENSURE_TIMEOUT,
+                            crate::streams::ensure(&self.js, &self.config, &self.store),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "no answer within {:?}; pulling with the consumer handle as it is",
+                                watchdog::ENSURE_TIMEOUT
+                            ))
+                        });
+                        match ensured {
                             Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
                             // An operator must act (see crate::streams): stop, and exit non-zero.
                             Err(error) if crate::streams::refusal(&error).is_some() => {
@@ -350,9 +364,9 @@ impl Consumer {
     /// With `retry_at` (after a failed pull) it first waits until then; shutdown
     /// ends that wait with an empty batch.
     ///
-    /// A pull the server does not end in time ends with [`watchdog::Unanswered`] (see
-    /// [`watchdog`]): messages already read are kept; those the server may still send
-    /// come back after AckWait.
+    /// The pull itself is [`pull::pull`]. One the server does not end in time ends
+    /// with [`watchdog::Unanswered`] (see [`watchdog`]): messages already read are
+    /// kept; those the server may still send come back after AckWait.
     async fn fetch(
         &self,
         single: bool,
@@ -366,44 +380,21 @@ impl Consumer {
             }
         }
         let consumer = self.pull.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let builder = consumer.batch().expires(self.config.batch_wait);
-        let builder = if single {
-            builder.max_messages(1)
-        } else {
-            builder
-                .max_messages(self.config.batch_size)
-                .max_bytes(self.config.batch_max_bytes)
+        let request = pull::Request {
+            max_messages: if single { 1 } else { self.config.batch_size },
+            max_bytes: if single {
+                0
+            } else {
+                self.config.batch_max_bytes
+            },
+            expires: self.config.batch_wait,
+            deadline: Instant::now() + self.config.batch_wait + watchdog::PULL_ANSWER_GRACE,
         };
-        let started = Instant::now();
-        let deadline = started + self.config.batch_wait + watchdog::PULL_ANSWER_GRACE;
-        let unanswered = || -> async_nats::Error {
-            Box::new(watchdog::Unanswered {
-                waited: started.elapsed(),
-            })
-        };
-        let mut batch = match tokio::time::timeout_at(deadline, builder.messages()).await {
-            Ok(batch) => batch?,
-            Err(_) => return Err(unanswered()),
-        };
-        let mut deliveries = Vec::with_capacity(if single { 1 } else { self.config.batch_size });
-        let mut ended_by = None;
-        loop {
-            let item = match tokio::time::timeout_at(deadline, batch.next()).await {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
-                Err(_) => {
-                    ended_by = Some(unanswered());
-                    break;
-                }
-            };
-            match item {
-                Ok(message) => deliveries.extend(self.delivery(message)),
-                Err(error) => {
-                    ended_by = Some(error);
-                    break;
-                }
-            }
-        }
+        let (messages, ended_by) = pull::pull(&self.js, &consumer, request).await?;
+        let deliveries = messages
+            .into_iter()
+            .filter_map(|message| self.delivery(message))
+            .collect();
         Ok((deliveries, ended_by))
     }
 

@@ -18,7 +18,15 @@
 //!   [`PROBE_TIMEOUT`] it forces the client to reconnect, to another server of
 //!   `PONIX_NATS_URL` or of the cluster the server announced;
 //! * either way the stream and consumer are re-ensured and the consumer handle
-//!   replaced before the next pull, as after any failed pull.
+//!   replaced before the next pull, as after any failed pull. That ensure is bounded
+//!   by [`ENSURE_TIMEOUT`]: while a cluster elects a stream or consumer leader,
+//!   JetStream's API requests wait out their 5 s timeout one after the other (the
+//!   drill saw 10 s), and the loop must not sit in them; the next pull is the
+//!   better check.
+//! * A pull a clustered server ends with `409 Batch Completed` or `409 Leadership
+//!   Change` ended like one with `408` (see [`super::pull`]): nothing is wrong, the
+//!   next pull goes to whichever server leads the consumer now. Counting these as
+//!   failures made an idle writer on a cluster back off and re-ensure every AckWait.
 //!
 //! The bound: an unresponsive server is noticed within `batch_wait` +
 //! [`PULL_ANSWER_GRACE`] + [`PROBE_TIMEOUT`] of the pull it swallowed (6 s with the
@@ -38,6 +46,9 @@ pub const PULL_ANSWER_GRACE: Duration = Duration::from_secs(3);
 
 /// How long the connection check waits for the server's "no responders".
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest the re-ensure after a failed pull may hold up the next pull.
+pub const ENSURE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The NATS client's ping interval (async-nats' default is 60 s).
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -97,5 +108,22 @@ pub async fn after_unanswered_pull(client: &async_nats::Client) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "forcing the NATS client to reconnect failed"),
         Err(_) => tracing::warn!("forcing the NATS client to reconnect: no answer from the client"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_pull_is_told_from_other_errors() {
+        let unanswered: async_nats::Error = Box::new(Unanswered {
+            waited: Duration::from_secs(4),
+        });
+        assert!(is_unanswered(&unanswered));
+        let status: async_nats::Error = Box::new(std::io::Error::other(
+            "error while processing messages from the stream: 503, None",
+        ));
+        assert!(!is_unanswered(&status));
     }
 }

@@ -48,6 +48,10 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
         &[
             ("PONIX_NATS_STREAM_REPLICAS", "3"),
             ("PONIX_NATS_BATCH_SIZE", &batch),
+            (
+                "PONIX_LOG_LEVEL",
+                "info,ponix_writer=debug,async_nats=debug",
+            ),
         ],
         Schema::Current,
         NODES,
@@ -64,9 +68,16 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
         "nats-failover needs at least {} messages",
         (2 * in_hand + 1) * (FAULTS + 2)
     );
-    // How far publishing may run ahead of the rows stored: it goes on through every
-    // fault, and always far enough ahead for the writer to show it resumed.
+    // How far publishing may run ahead of the rows stored, and up to which id it may
+    // go before each fault (see `allow`): it goes on through every fault, far enough
+    // ahead for the writer to show it resumed, and never finishes before the last.
     let lead = (spacing / 2).max(2 * in_hand);
+    let allow = |rig: &Rig, upto: u64| {
+        rig.progress
+            .withheld
+            .store(messages.saturating_sub(upto), Ordering::Relaxed);
+    };
+    allow(&rig, 2 * spacing);
     let ack_wait = rig.seconds("PONIX_NATS_ACK_WAIT_SECS");
     let plan = Plan::valid(name, messages);
     let writer = Writer::start(&rig.vars, &rig.log).await?;
@@ -81,6 +92,7 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
     let leader = stream_leader(&rig).await?;
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
+    allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster_mut().node_mut(leader).kill())?;
     let new_leader = wait_for("another node leading the stream", FAULT_TIMEOUT, || async {
         Ok(match stream_leader(&rig).await {
@@ -107,6 +119,7 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
     let serving = writer_node(&rig).await?;
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
+    allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster_mut().node_mut(serving).kill())?;
     rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT)
         .await?;
@@ -130,6 +143,7 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
     let frozen = writer_node(&rig).await?;
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
+    allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster().node(frozen).freeze())?;
     let waited = rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT).await;
     let resume_time = fault.elapsed();
@@ -163,6 +177,7 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
         step += 1;
         rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
         let (fault, rows_then) = (Instant::now(), rig.progress.rows());
+        allow(&rig, (step + 2) * spacing);
         blocking(|| rig.nats.cluster_mut().node_mut(node).restart())?;
         rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT)
             .await?;
@@ -180,6 +195,7 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
             .join(", ")
     ));
 
+    allow(&rig, messages);
     let fault_over = Instant::now();
     let mut report = finish_all(
         &mut rig,

@@ -240,6 +240,11 @@ impl Rig {
             .name("drill")
             // The drills restart NATS; keep trying for as long as a drill runs.
             .max_reconnects(None)
+            // And freeze it: a server that holds the socket and answers nothing is left
+            // after three unanswered pings, so the publisher moves to another node of a
+            // cluster within seconds instead of minutes.
+            .ping_interval(Duration::from_secs(1))
+            .connection_timeout(Duration::from_secs(3))
             .connect(nats.urls())
             .await
             .context("connecting to the private NATS")?;
