@@ -122,9 +122,10 @@ pub enum Refusal {
     },
     #[error(
         "the NATS servers cannot hold stream {stream} with {replicas} replicas \
-         (PONIX_NATS_STREAM_REPLICAS={replicas}): {server}. Each replica needs a server of \
-         its own in a JetStream cluster. Fix: set PONIX_NATS_STREAM_REPLICAS to at most the \
-         number of JetStream servers in the cluster (1 for a single server), or add servers"
+         (PONIX_NATS_STREAM_REPLICAS={replicas}): {server}. Each replica needs a JetStream \
+         server of its own in a cluster, with room in its storage limits. Fix: set \
+         PONIX_NATS_STREAM_REPLICAS to at most the number of JetStream servers in the \
+         cluster (1 for a single server), or add servers"
     )]
     Replicas {
         stream: String,
