@@ -22,7 +22,9 @@
 //!   `PONIX_NATS_ALLOW_SEQUENCE_REUSE` accepts the risk. At start that is a start-up
 //!   failure (exit code 1); while running, the consumer stops and the writer exits
 //!   with code 1, so that an orchestrator shows the failure instead of a writer that
-//!   looks healthy and consumes nothing.
+//!   looks healthy and consumes nothing. A running writer stops only when three
+//!   re-ensures in a row say so: right after a cluster failover, a server that led
+//!   the stream may answer once with its old, shorter state.
 //!
 //! This was chosen over a stream identity in the sorting key (a migration that
 //! rebuilds the table, and a wider key on every row for an event that is rare and

@@ -163,6 +163,11 @@ pub use dead_letter::{
     REASON_REJECTED_BY_CLICKHOUSE, dead_letter_headers, dead_letter_message_id,
 };
 
+/// How many re-ensures in a row must find a stream's sequences behind the table's
+/// before a running writer stops on it (see `run`); they are spaced by the pull
+/// backoff, so the verdict stands for a second or more.
+const SEQUENCE_REUSE_CHECKS: u32 = 3;
+
 /// One received message with the metadata from its reply subject.
 struct Delivery {
     message: jetstream::Message,
@@ -246,6 +251,8 @@ impl Consumer {
             "consuming"
         );
         let mut fetch_failures: u32 = 0;
+        // Re-ensures in a row that found the stream's sequences behind the table's.
+        let mut reuse_seen: u32 = 0;
         // After a pull that ended in an error before delivering anything (for example
         // a single message larger than the batch byte limit), pull one message without
         // a byte limit, so that one large message cannot stall the consumer.
@@ -286,6 +293,7 @@ impl Consumer {
                                 Some(error) if deliveries.is_empty() => Some(error),
                                 ended_by => {
                                     fetch_failures = 0;
+                                    reuse_seen = 0;
                                     if let Some(error) = ended_by {
                                         tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
                                     }
@@ -329,7 +337,29 @@ impl Consumer {
                             ))
                         });
                         match ensured {
-                            Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
+                            Ok(consumer) => {
+                                reuse_seen = 0;
+                                *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer;
+                            }
+                            // Right after a failover, a server that led the stream before it
+                            // froze may still answer for it with its old state, which looks
+                            // like a recreated stream (the nats-failover drill hit this): only
+                            // a verdict that holds on several checks stops the writer.
+                            Err(error)
+                                if matches!(
+                                    crate::streams::refusal(&error),
+                                    Some(crate::streams::Refusal::SequenceReuse { .. })
+                                ) && reuse_seen + 1 < SEQUENCE_REUSE_CHECKS =>
+                            {
+                                reuse_seen += 1;
+                                tracing::warn!(
+                                    error = format!("{error:#}"),
+                                    check = reuse_seen,
+                                    of = SEQUENCE_REUSE_CHECKS,
+                                    "the stream looks recreated; checking again before stopping \
+                                     (a stale answer after a failover looks the same)"
+                                );
+                            }
                             // An operator must act (see crate::streams): stop, and exit non-zero.
                             Err(error) if crate::streams::refusal(&error).is_some() => {
                                 return Err(error.context("stopped consuming"));

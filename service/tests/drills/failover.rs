@@ -91,9 +91,16 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     step += 1;
     rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
     let leader = stream_leader(&rig).await?;
+    // Pulls stall only if the consumer's leader goes with the stream's.
+    let consumer_leader = rig
+        .nats
+        .cluster()
+        .consumer_leader(&rig.js, STREAM, CONSUMER)
+        .await?;
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
     allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster_mut().node_mut(leader).kill())?;
+    let resume = watch_resume(&rig, rows_then + in_hand + 1);
     let new_leader = wait_for("another node leading the stream", FAULT_TIMEOUT, || async {
         Ok(match stream_leader(&rig).await {
             Ok(node) if node != leader => Ok(node),
@@ -102,14 +109,14 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     })
     .await?;
     let elected = fault.elapsed();
-    rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT)
-        .await?;
-    resumed.push(("leader-kill", fault.elapsed()));
-    eprintln!("leader-kill: resumed after {:?}", fault.elapsed());
+    let took = resume.await.context("the resume watch")?? - fault;
+    resumed.push(("leader-kill", took));
+    eprintln!("leader-kill: resumed after {took:?}");
     blocking(|| rig.nats.cluster_mut().node_mut(leader).start())?;
     evidence.push(format!(
-        "stream leader n{} killed, n{} elected in {:.1}s",
+        "stream leader n{} killed (consumer leader n{}), n{} seen leading within {:.1}s",
         leader + 1,
+        consumer_leader + 1,
         new_leader + 1,
         elected.as_secs_f64()
     ));
@@ -121,10 +128,12 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
     allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster_mut().node_mut(serving).kill())?;
-    rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT)
-        .await?;
-    resumed.push(("conn-kill", fault.elapsed()));
-    eprintln!("conn-kill: resumed after {:?}", fault.elapsed());
+    let took = watch_resume(&rig, rows_then + in_hand + 1)
+        .await
+        .context("the resume watch")??
+        - fault;
+    resumed.push(("conn-kill", took));
+    eprintln!("conn-kill: resumed after {took:?}");
     let moved_to = writer_node(&rig).await?;
     ensure!(
         moved_to != serving,
@@ -145,8 +154,13 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
     let (fault, rows_then) = (Instant::now(), rig.progress.rows());
     allow(&rig, (step + 2) * spacing);
     blocking(|| rig.nats.cluster().node(frozen).freeze())?;
-    let waited = rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT).await;
-    let resume_time = fault.elapsed();
+    let waited = watch_resume(&rig, rows_then + in_hand + 1)
+        .await
+        .context("the resume watch")?;
+    let resume_time = match &waited {
+        Ok(at) => *at - fault,
+        Err(_) => fault.elapsed(),
+    };
     eprintln!("freeze: resumed after {resume_time:?} ({waited:?})");
     // Past AckWait, as the fault is defined, whenever the writer got going again.
     wait_for("the freeze past AckWait", ack_wait * 2, || async move {
@@ -178,11 +192,11 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
         rig.wait_rows(step * spacing, FAULT_TIMEOUT).await?;
         let (fault, rows_then) = (Instant::now(), rig.progress.rows());
         allow(&rig, (step + 2) * spacing);
+        let resume = watch_resume(&rig, rows_then + in_hand + 1);
         blocking(|| rig.nats.cluster_mut().node_mut(node).restart())?;
-        rig.wait_rows(rows_then + in_hand + 1, FAULT_TIMEOUT)
-            .await?;
-        rolling.push(fault.elapsed());
-        eprintln!("rolling n{}: resumed after {:?}", node + 1, fault.elapsed());
+        let took = resume.await.context("the resume watch")?? - fault;
+        rolling.push(took);
+        eprintln!("rolling n{}: resumed after {took:?}", node + 1);
     }
     let slowest = rolling.iter().max().copied().unwrap_or_default();
     resumed.push(("rolling", slowest));
@@ -227,6 +241,27 @@ pub async fn nats_failover(messages: u64) -> anyhow::Result<Report> {
         "not everything was published",
     );
     Ok(report)
+}
+
+/// The moment the table first holds `target` rows, watched from now on in the
+/// background: the drill may be busy meanwhile (waiting for a new leader, restarting
+/// a node), and the time must be taken when the writer resumes, not when the drill
+/// next looks.
+fn watch_resume(rig: &Rig, target: u64) -> tokio::task::JoinHandle<anyhow::Result<Instant>> {
+    let progress = std::sync::Arc::clone(&rig.progress);
+    tokio::spawn(async move {
+        wait_for(&format!("{target} rows stored"), FAULT_TIMEOUT, || {
+            let seen = progress.rows();
+            async move {
+                Ok(if seen >= target {
+                    Ok(Instant::now())
+                } else {
+                    Err(seen)
+                })
+            }
+        })
+        .await
+    })
 }
 
 /// The node leading the drill's stream.
