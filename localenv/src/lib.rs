@@ -4,6 +4,7 @@
 //! Blocking and light on dependencies (nix, ureq without TLS), so that xtask stays
 //! quick to compile.
 
+pub mod cluster;
 pub mod goose;
 pub mod interrupt;
 pub mod layout;

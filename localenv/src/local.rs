@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cluster::{self, NodePorts};
 use crate::layout::Layout;
 use crate::net::{self, free_port, http_get, http_post, wait_until};
 use crate::process::{Recorded, log_tail};
@@ -62,13 +63,25 @@ impl Engine {
 /// Addresses of a running local environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
+    /// The client port of the only NATS server, or of the cluster's first node.
     pub nats_port: u16,
     pub clickhouse_port: u16,
+    /// Every node when NATS runs as a cluster (`up --nats-cluster N`); empty otherwise.
+    pub nats_cluster: Vec<NodePorts>,
 }
 
+/// The env-file line that records a cluster's ports, `client:cluster:monitor` per node,
+/// so that a later `up` or a test finds every node.
+const CLUSTER_VAR: &str = "PONIX_TEST_NATS_CLUSTER";
+
 impl Endpoints {
+    /// One URL, or every node's, comma-separated, as `PONIX_NATS_URL` takes them.
     pub fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats_port)
+        if self.nats_cluster.is_empty() {
+            format!("nats://127.0.0.1:{}", self.nats_port)
+        } else {
+            cluster::urls(&self.nats_cluster)
+        }
     }
 
     pub fn clickhouse_url(&self) -> String {
@@ -77,7 +90,7 @@ impl Endpoints {
 
     /// The variables the writer, goose and the tests read.
     pub fn env_vars(&self, layout: &Layout) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("PONIX_NATS_URL", self.nats_url()),
             ("PONIX_CLICKHOUSE_URL", self.clickhouse_url()),
             ("PONIX_CLICKHOUSE_DATABASE", DATABASE.into()),
@@ -92,7 +105,16 @@ impl Endpoints {
                 layout.goose().display().to_string(),
             ),
             ("PONIX_TEST_RUN_DIR", layout.run_dir().display().to_string()),
-        ]
+        ];
+        if !self.nats_cluster.is_empty() {
+            let nodes: Vec<String> = self
+                .nats_cluster
+                .iter()
+                .map(|n| format!("{}:{}:{}", n.client, n.cluster, n.monitor))
+                .collect();
+            vars.push((CLUSTER_VAR, nodes.join(",")));
+        }
+        vars
     }
 
     /// `export KEY=value` lines for POSIX shells.
@@ -105,8 +127,10 @@ impl Endpoints {
 }
 
 /// Starts both processes, waits until they answer, creates the database and writes
-/// the env file. An environment that is already up is reused as it is.
-pub fn up(layout: &Layout, engine: Engine) -> anyhow::Result<Endpoints> {
+/// the env file. An environment that is already up is reused as it is. With
+/// `nats_nodes` above 1, NATS runs as a JetStream cluster of that many nodes (see
+/// [`crate::cluster`]).
+pub fn up(layout: &Layout, engine: Engine, nats_nodes: usize) -> anyhow::Result<Endpoints> {
     if let Some(endpoints) = running(layout)? {
         eprintln!("the local environment is already running (stop it with `cargo xtask down`)");
         return Ok(endpoints);
@@ -119,9 +143,20 @@ pub fn up(layout: &Layout, engine: Engine) -> anyhow::Result<Endpoints> {
         fs::remove_dir_all(&logs).with_context(|| format!("clearing {}", logs.display()))?;
     }
 
+    let nats_cluster = if nats_nodes > 1 {
+        (0..nats_nodes)
+            .map(|_| NodePorts::free())
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let endpoints = Endpoints {
-        nats_port: free_port()?,
+        nats_port: match nats_cluster.first() {
+            Some(node) => node.client,
+            None => free_port()?,
+        },
         clickhouse_port: free_port()?,
+        nats_cluster,
     };
     if let Err(err) = start_and_wait(layout, engine, &endpoints) {
         dump_logs(layout);
@@ -136,14 +171,35 @@ pub fn up(layout: &Layout, engine: Engine) -> anyhow::Result<Endpoints> {
 
 fn start_and_wait(layout: &Layout, engine: Engine, endpoints: &Endpoints) -> anyhow::Result<()> {
     let started = Instant::now();
-    eprintln!("starting nats-server on 127.0.0.1:{}", endpoints.nats_port);
-    let nats_store = layout.data_dir().join(NATS);
-    let nats = Recorded::spawn(
-        NATS,
-        nats_argv(layout, endpoints.nats_port, &nats_store)?,
-        &layout.run_dir(),
-        &log_file(layout, NATS),
-    )?;
+    let mut nats = Vec::new();
+    if endpoints.nats_cluster.is_empty() {
+        eprintln!("starting nats-server on 127.0.0.1:{}", endpoints.nats_port);
+        let nats_store = layout.data_dir().join(NATS);
+        nats.push(Recorded::spawn(
+            NATS,
+            nats_argv(layout, endpoints.nats_port, &nats_store)?,
+            &layout.run_dir(),
+            &log_file(layout, NATS),
+        )?);
+    } else {
+        for (index, node) in endpoints.nats_cluster.iter().enumerate() {
+            let name = nats_node_name(index);
+            eprintln!(
+                "starting nats-server {} ({name}) on 127.0.0.1:{}, routes on {}, monitoring on {}",
+                cluster::server_name(index),
+                node.client,
+                node.cluster,
+                node.monitor
+            );
+            let store = layout.data_dir().join(&name);
+            nats.push(Recorded::spawn(
+                &name,
+                cluster::node_argv(layout, &endpoints.nats_cluster, index, &store)?,
+                &layout.run_dir(),
+                &log_file(layout, &name),
+            )?);
+        }
+    }
 
     eprintln!(
         "starting ClickHouse ({engine:?}) on 127.0.0.1:{}",
@@ -163,8 +219,19 @@ fn start_and_wait(layout: &Layout, engine: Engine, endpoints: &Endpoints) -> any
         &log_file(layout, CLICKHOUSE),
     )?;
 
-    wait_nats_ready(&nats, endpoints.nats_port)?;
-    eprintln!("nats-server ready after {:.1?}", started.elapsed());
+    if endpoints.nats_cluster.is_empty() {
+        wait_nats_ready(&nats[0], endpoints.nats_port)?;
+        eprintln!("nats-server ready after {:.1?}", started.elapsed());
+    } else {
+        let processes: Vec<Option<&Recorded>> = nats.iter().map(Some).collect();
+        cluster::wait_ready(&processes, &endpoints.nats_cluster)?;
+        eprintln!(
+            "NATS cluster of {} ready (meta leader {}) after {:.1?}",
+            nats.len(),
+            cluster::meta_leader(endpoints.nats_cluster[0].monitor)?,
+            started.elapsed()
+        );
+    }
     wait_clickhouse_ready(&clickhouse, endpoints.clickhouse_port)?;
     eprintln!("ClickHouse ready after {:.1?}", started.elapsed());
     create_database(endpoints.clickhouse_port, DATABASE)
@@ -322,6 +389,18 @@ fn clickhouse_server_config(data: &Path, http_port: u16, tcp_port: u16) -> Strin
     )
 }
 
+/// The process name of cluster node `index`: the first is plain `nats`, so that the
+/// tests that control the shared NATS find it as they do a single server.
+pub fn nats_node_name(index: usize) -> String {
+    match index {
+        0 => NATS.to_owned(),
+        n => format!("{NATS}-{}", n + 1),
+    }
+}
+
+/// Most cluster nodes `down` looks for.
+const MAX_NODES: usize = 9;
+
 pub fn log_file(layout: &Layout, name: &str) -> PathBuf {
     layout.logs_dir().join(format!("{name}.log"))
 }
@@ -338,17 +417,42 @@ pub fn running(layout: &Layout) -> anyhow::Result<Option<Endpoints>> {
     let Ok(text) = fs::read_to_string(layout.env_file()) else {
         return Ok(None);
     };
-    let port_of = |key: &str| -> Option<u16> {
-        let line = text
-            .lines()
-            .find(|line| line.starts_with(&format!("export {key}=")))?;
-        line.rsplit(':').next()?.parse().ok()
+    let value_of = |key: &str| -> Option<&str> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("export {key}=")))
     };
+    let port_of = |key: &str| -> Option<u16> {
+        // The first server of a list.
+        let first = value_of(key)?.split(',').next()?;
+        first.rsplit(':').next()?.trim_matches('\'').parse().ok()
+    };
+    let nats_cluster: Vec<NodePorts> = value_of(CLUSTER_VAR)
+        .map(|nodes| {
+            nodes
+                .trim_matches('\'')
+                .split(',')
+                .filter_map(|node| {
+                    let mut ports = node.split(':').map(|p| p.parse::<u16>().ok());
+                    Some(NodePorts {
+                        client: ports.next()??,
+                        cluster: ports.next()??,
+                        monitor: ports.next()??,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for index in 1..nats_cluster.len() {
+        if find_process(layout, &nats_node_name(index))?.is_none() {
+            return Ok(None);
+        }
+    }
     Ok(
         match (port_of("PONIX_NATS_URL"), port_of("PONIX_CLICKHOUSE_URL")) {
             (Some(nats_port), Some(clickhouse_port)) => Some(Endpoints {
                 nats_port,
                 clickhouse_port,
+                nats_cluster,
             }),
             _ => None,
         },
@@ -357,10 +461,13 @@ pub fn running(layout: &Layout) -> anyhow::Result<Option<Endpoints>> {
 
 /// Stops every process `up` recorded and removes the env file. Returns the names
 /// of the processes that were running.
-pub fn down(layout: &Layout) -> anyhow::Result<Vec<&'static str>> {
+pub fn down(layout: &Layout) -> anyhow::Result<Vec<String>> {
     let mut stopped = Vec::new();
-    for name in [CLICKHOUSE, NATS] {
-        if let Some(process) = find_process(layout, name)? {
+    let names = [CLICKHOUSE.to_owned()]
+        .into_iter()
+        .chain((0..MAX_NODES).map(nats_node_name));
+    for name in names {
+        if let Some(process) = find_process(layout, &name)? {
             process.stop(STOP_TIMEOUT)?;
             process.forget();
             stopped.push(name);
@@ -416,7 +523,7 @@ pub struct Running {
 
 impl Running {
     pub fn start(layout: &Layout, engine: Engine, keep_data: bool) -> anyhow::Result<Running> {
-        let endpoints = up(layout, engine)?;
+        let endpoints = up(layout, engine, 1)?;
         Ok(Running {
             layout: layout.clone(),
             endpoints,
@@ -425,7 +532,7 @@ impl Running {
         })
     }
 
-    pub fn teardown(&mut self) -> anyhow::Result<Vec<&'static str>> {
+    pub fn teardown(&mut self) -> anyhow::Result<Vec<String>> {
         self.torn_down = true;
         let stopped = down(&self.layout)?;
         if !self.keep_data {
@@ -455,6 +562,7 @@ mod tests {
         let endpoints = Endpoints {
             nats_port: 4321,
             clickhouse_port: 8765,
+            nats_cluster: Vec::new(),
         };
         let exports = endpoints.exports(&layout);
         assert!(
@@ -464,6 +572,34 @@ mod tests {
         assert!(exports.contains("export PONIX_CLICKHOUSE_URL=http://127.0.0.1:8765\n"));
         assert!(exports.contains("export PONIX_CLICKHOUSE_PASSWORD=''\n"));
         assert!(exports.contains("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH=/project/.tools/bin/goose"));
+        assert!(!exports.contains(CLUSTER_VAR));
+    }
+
+    #[test]
+    fn a_cluster_exports_every_node() {
+        let layout = Layout::new(Path::new("/project"));
+        let node = |i: u16| NodePorts {
+            client: 4000 + i,
+            cluster: 5000 + i,
+            monitor: 6000 + i,
+        };
+        let endpoints = Endpoints {
+            nats_port: 4000,
+            clickhouse_port: 8765,
+            nats_cluster: vec![node(0), node(1), node(2)],
+        };
+        let exports = endpoints.exports(&layout);
+        assert!(
+            exports.contains(
+                "export PONIX_NATS_URL=nats://127.0.0.1:4000,nats://127.0.0.1:4001,nats://127.0.0.1:4002\n"
+            ),
+            "{exports}"
+        );
+        assert!(exports.contains(
+            "export PONIX_TEST_NATS_CLUSTER=4000:5000:6000,4001:5001:6001,4002:5002:6002\n"
+        ));
+        assert_eq!(nats_node_name(0), NATS);
+        assert_eq!(nats_node_name(2), "nats-3");
     }
 
     #[test]

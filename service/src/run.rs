@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consumer::Consumer;
+use crate::consumer::watchdog::{CONNECT_ATTEMPT_TIMEOUT, PING_INTERVAL};
 use crate::health::Health;
 use crate::http;
 use crate::metrics::Metrics;
@@ -252,11 +253,14 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
 
 async fn connect_nats(config: &Config, deadline: Instant) -> anyhow::Result<async_nats::Client> {
     retry_until(deadline, "connecting to NATS", || async {
+        // Per attempt and per server, on every reconnect too: a server that accepts
+        // the connection and says nothing must not hold the client (see
+        // consumer::watchdog). retry_until repeats attempts until the deadline.
         nats_options(
             config,
             deadline
                 .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100)),
+                .clamp(Duration::from_millis(100), CONNECT_ATTEMPT_TIMEOUT),
         )
         .map_err(|error| Refused(error.to_string()))?
         .connect(config.nats.server_urls())
@@ -294,10 +298,9 @@ fn nats_connect_error(
 }
 
 /// The options of every NATS connection the writer makes, each attempt bounded by
-/// `timeout`. Credentials go as options, never inside a URL: async-nats logs server
-/// URLs.
-/// Fails when a credential or certificate file the configuration names cannot be
-/// used.
+/// `timeout`, pinging often enough for the watchdog (see `consumer::watchdog`).
+/// Credentials go as options, never inside a URL: async-nats logs server URLs. Fails
+/// when a credential or certificate file the configuration names cannot be used.
 pub(crate) fn nats_options(
     config: &Config,
     timeout: Duration,
@@ -306,7 +309,8 @@ pub(crate) fn nats_options(
         .nats
         .connect_options()?
         .name("ponix-writer")
-        .connection_timeout(timeout))
+        .connection_timeout(timeout)
+        .ping_interval(PING_INTERVAL))
 }
 
 async fn ping_clickhouse(store: &Store, config: &Config, deadline: Instant) -> anyhow::Result<()> {

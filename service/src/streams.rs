@@ -22,7 +22,9 @@
 //!   `PONIX_NATS_ALLOW_SEQUENCE_REUSE` accepts the risk. At start that is a start-up
 //!   failure (exit code 1); while running, the consumer stops and the writer exits
 //!   with code 1, so that an orchestrator shows the failure instead of a writer that
-//!   looks healthy and consumes nothing.
+//!   looks healthy and consumes nothing. A running writer stops only when three
+//!   re-ensures in a row say so: right after a cluster failover, a server that led
+//!   the stream may answer once with its old, shorter state.
 //!
 //! This was chosen over a stream identity in the sorting key (a migration that
 //! rebuilds the table, and a wider key on every row for an event that is rare and
@@ -43,6 +45,13 @@
 //!   [`dead_letter_duplicate_window`]: long enough to cover every redelivery of one
 //!   message, so that dead-lettering it twice (a TERM lost, a crash in between) is
 //!   deduplicated through the `Nats-Msg-Id` the consumer sets.
+//! * Both streams get `PONIX_NATS_STREAM_REPLICAS` replicas when the writer creates
+//!   them; the durable consumer is created with replicas 0, which JetStream reads as
+//!   "as many as its stream". An existing stream with another count is left as it is
+//!   (changing replicas is an operator's decision, `nats stream edit --replicas`) and
+//!   the difference is logged as a warning at every ensure. A count the servers cannot
+//!   hold (more than 1 on a server that is not clustered, more than the cluster has
+//!   servers) is a [`Refusal::Replicas`] naming the variable and the fix.
 //! * The durable consumer is created if missing. An existing one must have the
 //!   configured AckWait and MaxDeliver: replicas that disagree would otherwise
 //!   overwrite each other's settings on every start, and the delivery budget would be
@@ -117,6 +126,18 @@ pub enum Refusal {
         existing_value: String,
         configured: String,
     },
+    #[error(
+        "the NATS servers cannot hold stream {stream} with {replicas} replicas \
+         (PONIX_NATS_STREAM_REPLICAS={replicas}): {server}. Each replica needs a JetStream \
+         server of its own in a cluster, with room in its storage limits. Fix: set \
+         PONIX_NATS_STREAM_REPLICAS to at most the number of JetStream servers in the \
+         cluster (1 for a single server), or add servers"
+    )]
+    Replicas {
+        stream: String,
+        replicas: usize,
+        server: String,
+    },
 }
 
 /// The refusal in `error`'s chain, if it is one.
@@ -156,6 +177,7 @@ async fn ensure_stream(
             return Err(error).with_context(|| format!("looking up stream {}", config.stream));
         }
     };
+    warn_on_other_replicas(config, &config.stream, stream.cached_info());
     let next = next_sequence(&stream.cached_info().state);
     if let Some(refusal) = check_sequences(config, store.table(), next, stored) {
         if config.allow_sequence_reuse {
@@ -240,6 +262,7 @@ pub(crate) fn stream_config(config: &NatsConfig, stored: u64) -> stream::Config 
         max_bytes: max_bytes(config.stream_max_bytes),
         // 1 is JetStream's own start; leave the field out then, as before.
         first_sequence: (first > 1).then_some(first),
+        num_replicas: config.stream_replicas,
         ..Default::default()
     }
 }
@@ -265,6 +288,12 @@ async fn create_stream(
                 )
             })
         }
+        Err(error) if is_replicas_refused(&error) => Err(Refusal::Replicas {
+            stream: config.stream.clone(),
+            replicas: config.stream_replicas,
+            server: error.to_string(),
+        }
+        .into()),
         Err(error) => Err(error).with_context(|| {
             format!(
                 "creating stream {} for subjects {:?} starting at sequence {first}",
@@ -282,6 +311,50 @@ pub(crate) fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
 fn is_name_taken(kind: CreateStreamErrorKind) -> bool {
     matches!(kind, CreateStreamErrorKind::JetStream(error)
         if error.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+}
+
+/// JetStream's answers to a replica count it cannot place: 10074 "replicas > 1 not
+/// supported in non-clustered mode", 10023 "insufficient resources", 10005 "no suitable
+/// peers for placement". Matched by code, and by text for servers that word them
+/// differently.
+fn is_replicas_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    const CODES: [u64; 3] = [10074, 10023, 10005];
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(js) = current.downcast_ref::<jetstream::Error>()
+            && CODES.contains(&js.error_code().0)
+        {
+            return true;
+        }
+        let text = current.to_string();
+        if [
+            "non-clustered mode",
+            "insufficient resources",
+            "no suitable peers",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// An existing stream keeps its replica count (see the module docs); say so when it
+/// differs from the configured one.
+fn warn_on_other_replicas(config: &NatsConfig, name: &str, info: &stream::Info) {
+    let existing = info.config.num_replicas.max(1);
+    if existing != config.stream_replicas {
+        tracing::warn!(
+            stream = %name,
+            existing_replicas = existing,
+            configured = config.stream_replicas,
+            "the stream exists with another replica count than PONIX_NATS_STREAM_REPLICAS; \
+             it is left unchanged (`nats stream edit {name} --replicas N` changes it)"
+        );
+    }
 }
 
 /// NATS spells "unlimited" as -1; the variables spell it 0.
@@ -319,6 +392,7 @@ pub(crate) fn dead_letter_stream_config(config: &NatsConfig) -> stream::Config {
         max_age: config.dead_letter_max_age,
         max_bytes: max_bytes(config.dead_letter_max_bytes),
         duplicate_window: dead_letter_duplicate_window(config),
+        num_replicas: config.stream_replicas,
         ..Default::default()
     }
 }
@@ -328,14 +402,27 @@ pub async fn ensure_dead_letter_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> anyhow::Result<()> {
-    js.get_or_create_stream(dead_letter_stream_config(config))
-        .await
+    let stream = match js.get_or_create_stream(dead_letter_stream_config(config)).await {
+        Err(error) if is_replicas_refused(&error) => {
+            return Err(Refusal::Replicas {
+                stream: config.dead_letter_stream.clone(),
+                replicas: config.stream_replicas,
+                server: error.to_string(),
+            }
+            .into());
+        }
+        other => other,
+    }
     .with_context(|| {
         format!(
             "ensuring dead-letter stream {} for subject {} (it must not overlap the subjects of another stream)",
             config.dead_letter_stream, config.dead_letter_subject
         )
     })?;
+    let mut stream = stream;
+    if let Ok(info) = stream.info().await {
+        warn_on_other_replicas(config, &config.dead_letter_stream, info);
+    }
     Ok(())
 }
 
@@ -380,6 +467,9 @@ pub(crate) fn consumer_config(config: &NatsConfig) -> pull::Config {
         max_deliver: config.max_deliver,
         max_ack_pending: config.max_ack_pending,
         filter_subject: config.subject.clone(),
+        // 0: as many replicas as the stream has, so the consumer survives what its
+        // stream survives.
+        num_replicas: 0,
         ..Default::default()
     }
 }

@@ -26,6 +26,8 @@
 mod clickhouse_faults;
 #[path = "drills/common.rs"]
 mod common;
+#[path = "drills/failover.rs"]
+mod failover;
 #[path = "drills/migration_scenarios.rs"]
 mod migration_scenarios;
 #[path = "drills/nats_faults.rs"]
@@ -70,6 +72,7 @@ const DRILLS: &[(&str, Drill)] = &[
         Box::pin(clickhouse_faults::clickhouse_hang(n))
     }),
     ("nats-restart", |n| Box::pin(nats_faults::nats_restart(n))),
+    ("nats-failover", |n| Box::pin(failover::nats_failover(n))),
     ("writer-kill", |n| Box::pin(writer_faults::writer_kill(n))),
     ("poison", |n| Box::pin(traffic::poison(n))),
     ("schema-drift", |n| {

@@ -36,6 +36,7 @@ testkit::integration_tests!(
     a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1,
     rows_stored_before_sequences_were_recorded_do_not_count,
     a_consumer_with_another_max_deliver_or_ack_wait_is_refused,
+    replicas_the_server_cannot_hold_are_refused_naming_the_variable,
     the_deepest_payloads_the_readme_allows_are_stored_and_deeper_ones_dead_lettered,
 );
 
@@ -492,6 +493,37 @@ async fn a_running_writer_that_finds_reused_sequences_stops_with_exit_code_1(
 // ---------------------------------------------------------------------------
 // 3. The durable consumer's settings.
 // ---------------------------------------------------------------------------
+
+/// A single server cannot hold three replicas: start-up fails with exit 1 and says
+/// which variable to change, and nothing is created. (The cluster side, R3 on three
+/// servers, is the `nats-failover` drill.)
+async fn replicas_the_server_cannot_hold_are_refused_naming_the_variable(
+    endpoints: Endpoints,
+) -> anyhow::Result<()> {
+    let names = Names::new("replicas");
+    let js = connect(&endpoints).await?;
+    names.setup(&endpoints, &js).await?;
+    let (code, output) = run_to_exit(
+        "streams-exit-replicas",
+        &endpoints,
+        &names.vars(&[("PONIX_NATS_STREAM_REPLICAS", "3")]),
+    )
+    .await?;
+    ensure!(code == Some(1), "exit code {code:?}, expected 1:\n{output}");
+    expect_all(
+        &output,
+        &[
+            &format!("cannot hold stream {} with 3 replicas", names.stream),
+            "PONIX_NATS_STREAM_REPLICAS=3",
+            "set PONIX_NATS_STREAM_REPLICAS to at most the number of JetStream servers",
+        ],
+    )?;
+    ensure!(
+        js.get_stream(&names.stream).await.is_err(),
+        "the stream was created although the writer refused to start"
+    );
+    Ok(())
+}
 
 async fn a_consumer_with_another_max_deliver_or_ack_wait_is_refused(
     endpoints: Endpoints,

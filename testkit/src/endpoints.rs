@@ -91,8 +91,10 @@ impl Endpoints {
     }
 }
 
+/// The port of `url`, or of its first server when it lists several (a cluster).
 fn port_of(url: &str) -> anyhow::Result<u16> {
-    let authority = url.split("://").nth(1).unwrap_or(url);
+    let first = url.split(',').next().unwrap_or(url);
+    let authority = first.split("://").nth(1).unwrap_or(first);
     let host_port = authority.split('/').next().unwrap_or_default();
     let host_port = host_port.rsplit('@').next().unwrap_or_default();
     host_port
@@ -146,6 +148,10 @@ mod tests {
         assert_eq!(port_of("http://127.0.0.1:8123").unwrap(), 8123);
         assert_eq!(port_of("http://user:pw@host:9000/db").unwrap(), 9000);
         assert_eq!(port_of("nats://127.0.0.1:4222").unwrap(), 4222);
+        assert_eq!(
+            port_of("nats://127.0.0.1:4222,nats://127.0.0.1:4223").unwrap(),
+            4222
+        );
         assert!(port_of("http://localhost").is_err());
     }
 }

@@ -372,7 +372,7 @@ fn nats_with_config_file(config: &str) -> anyhow::Result<(PathBuf, u16, Vec<std:
     Ok((scratch, port, argv))
 }
 
-fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = Layout::workspace()
         .tools_dir()

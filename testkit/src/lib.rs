@@ -12,6 +12,7 @@
 //! - [`strategies`]: the one module of proptest strategies.
 //! - [`writer`]: the writer process, with waits for a Tokio runtime.
 
+pub mod cluster;
 pub mod endpoints;
 pub mod harness;
 pub mod infra;

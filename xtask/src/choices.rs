@@ -61,6 +61,7 @@ pub const DRILLS: &[&str] = &[
     "clickhouse-down",
     "clickhouse-hang",
     "nats-restart",
+    "nats-failover",
     "writer-kill",
     "poison",
     "schema-drift",

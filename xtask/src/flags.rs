@@ -18,6 +18,8 @@ xflags::xflags! {
         cmd up {
             /// ClickHouse engine: `chdb` (default where no `clickhouse` binary is on PATH) or `server`.
             optional --clickhouse engine: Engine
+            /// Run NATS as a JetStream cluster of this many nodes (3 to 5; default: one server).
+            optional --nats-cluster nodes: usize
         }
 
         /// Run every check end to end against real NATS and ClickHouse (the README's test command).
@@ -30,7 +32,7 @@ xflags::xflags! {
 
         /// Run the failure drills, each against a NATS and ClickHouse of its own, and print their table.
         cmd drill {
-            /// clickhouse-down, clickhouse-hang, nats-restart, writer-kill, poison, schema-drift, backlog, long-outage, replicas, rolling-migration, migration-crash, or all.
+            /// clickhouse-down, clickhouse-hang, nats-restart, nats-failover, writer-kill, poison, schema-drift, backlog, long-outage, replicas, rolling-migration, migration-crash, or all.
             required name: DrillChoice
             /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
             optional --messages messages: u64
@@ -126,6 +128,7 @@ pub struct Tools;
 #[derive(Debug)]
 pub struct Up {
     pub clickhouse: Option<Engine>,
+    pub nats_cluster: Option<usize>,
 }
 
 #[derive(Debug)]

@@ -134,6 +134,8 @@ pub struct NatsConfig {
     pub stream_max_bytes: u64,
     pub dead_letter_max_age: Duration,
     pub dead_letter_max_bytes: u64,
+    /// Replicas of the streams the writer creates (see [`crate::streams`]).
+    pub stream_replicas: usize,
     /// Consume from a stream whose sequences the table already holds (see
     /// [`crate::streams`]).
     pub allow_sequence_reuse: bool,
@@ -216,6 +218,7 @@ impl fmt::Debug for NatsConfig {
             stream_max_bytes,
             dead_letter_max_age,
             dead_letter_max_bytes,
+            stream_replicas,
             allow_sequence_reuse,
         } = self;
         f.debug_struct("NatsConfig")
@@ -242,6 +245,7 @@ impl fmt::Debug for NatsConfig {
             .field("stream_max_bytes", stream_max_bytes)
             .field("dead_letter_max_age", dead_letter_max_age)
             .field("dead_letter_max_bytes", dead_letter_max_bytes)
+            .field("stream_replicas", stream_replicas)
             .field("allow_sequence_reuse", allow_sequence_reuse)
             .finish()
     }

@@ -220,6 +220,10 @@ fn build(r: &mut Reader) -> Config {
         dead_letter_max_bytes: r
             .get(&NATS_DEAD_LETTER_MAX_BYTES, number)
             .unwrap_or_default(),
+        stream_replicas: r
+            .get(&NATS_STREAM_REPLICAS, number)
+            .and_then(to_usize)
+            .unwrap_or(1),
         allow_sequence_reuse: r.get(&NATS_ALLOW_SEQUENCE_REUSE, flag).unwrap_or_default(),
     };
     let clickhouse_url = r.get_url(&CLICKHOUSE_URL);

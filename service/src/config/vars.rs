@@ -243,6 +243,12 @@ vars! {
         Bytes { min: 0, max: 1 << 50 }, false,
         "Most bytes the dead-letter stream keeps (oldest dropped first), when the writer \
          creates it; 0 is unlimited.";
+    NATS_STREAM_REPLICAS: "PONIX_NATS_STREAM_REPLICAS", Value("1"),
+        WholeNumber { min: 1, max: 5 }, false,
+        "Copies JetStream keeps of the stream and the dead-letter stream when the writer \
+         creates them; the durable consumer follows its stream. More than 1 needs a \
+         JetStream cluster with at least that many servers (3 survives the loss of one). An \
+         existing stream is not changed: a different count is logged as a warning.";
     NATS_ALLOW_SEQUENCE_REUSE: "PONIX_NATS_ALLOW_SEQUENCE_REUSE", Value("false"), Bool, false,
         "Consume from a stream whose sequences the table already holds (a stream recreated \
          outside the writer). New rows may then replace old rows with the same organization, \

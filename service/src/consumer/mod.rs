@@ -153,7 +153,9 @@ mod backoff;
 mod bisect;
 mod dead_letter;
 mod hold;
+mod pull;
 mod replayed;
+pub mod watchdog;
 
 pub use backoff::{is_last_delivery, nak_delay};
 use bisect::{MAX_INSERTS_PER_BATCH, RowOutcome, insert_bisecting};
@@ -163,6 +165,11 @@ pub use dead_letter::{
     REASON_REJECTED_BY_CLICKHOUSE, dead_letter_headers, dead_letter_message_id,
 };
 pub use replayed::HEADER_REPLAY_OF_SEQUENCE;
+
+/// How many re-ensures in a row must find a stream's sequences behind the table's
+/// before a running writer stops on it (see `run`); they are spaced by the pull
+/// backoff, so the verdict stands for a second or more.
+const SEQUENCE_REUSE_CHECKS: u32 = 3;
 
 /// One received message with the metadata from its reply subject.
 struct Delivery {
@@ -249,6 +256,8 @@ impl Consumer {
             "consuming"
         );
         let mut fetch_failures: u32 = 0;
+        // Re-ensures in a row that found the stream's sequences behind the table's.
+        let mut reuse_seen: u32 = 0;
         // After a pull that ended in an error before delivering anything (for example
         // a single message larger than the batch byte limit), pull one message without
         // a byte limit, so that one large message cannot stall the consumer.
@@ -289,6 +298,7 @@ impl Consumer {
                                 Some(error) if deliveries.is_empty() => Some(error),
                                 ended_by => {
                                     fetch_failures = 0;
+                                    reuse_seen = 0;
                                     if let Some(error) = ended_by {
                                         tracing::debug!(%error, received = deliveries.len(), "pull request ended early");
                                     }
@@ -304,6 +314,9 @@ impl Consumer {
                         Err(error) => Some(error),
                     };
                     if let Some(error) = failure {
+                        if watchdog::is_unanswered(&error) {
+                            watchdog::after_unanswered_pull(&self.js.client()).await;
+                        }
                         fetch_failures = fetch_failures.saturating_add(1);
                         let pause = nak_delay(
                             i64::from(fetch_failures),
@@ -314,9 +327,44 @@ impl Consumer {
                         tracing::warn!(%error, attempt = fetch_failures, retry_in = ?pause, "fetching from JetStream failed");
                         retry_at = Some(Instant::now() + pause);
                         // The stream or consumer may have been deleted under us: recreate
-                        // them (idempotent) before the next pull.
-                        match crate::streams::ensure(&self.js, &self.config, &self.store).await {
-                            Ok(consumer) => *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer,
+                        // them (idempotent) before the next pull. Bounded: while a cluster
+                        // elects leaders, JetStream's API stays silent for seconds, and the
+                        // next pull is the better check (see consumer::watchdog).
+                        let ensured = tokio::time::timeout(
+                            watchdog::ENSURE_TIMEOUT,
+                            crate::streams::ensure(&self.js, &self.config, &self.store),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "no answer within {:?}; pulling with the consumer handle as it is",
+                                watchdog::ENSURE_TIMEOUT
+                            ))
+                        });
+                        match ensured {
+                            Ok(consumer) => {
+                                reuse_seen = 0;
+                                *self.pull.lock().unwrap_or_else(|p| p.into_inner()) = consumer;
+                            }
+                            // Right after a failover, a server that led the stream before it
+                            // froze may still answer for it with its old state, which looks
+                            // like a recreated stream (the nats-failover drill hit this): only
+                            // a verdict that holds on several checks stops the writer.
+                            Err(error)
+                                if matches!(
+                                    crate::streams::refusal(&error),
+                                    Some(crate::streams::Refusal::SequenceReuse { .. })
+                                ) && reuse_seen + 1 < SEQUENCE_REUSE_CHECKS =>
+                            {
+                                reuse_seen += 1;
+                                tracing::warn!(
+                                    error = format!("{error:#}"),
+                                    check = reuse_seen,
+                                    of = SEQUENCE_REUSE_CHECKS,
+                                    "the stream looks recreated; checking again before stopping \
+                                     (a stale answer after a failover looks the same)"
+                                );
+                            }
                             // An operator must act (see crate::streams): stop, and exit non-zero.
                             Err(error) if crate::streams::refusal(&error).is_some() => {
                                 return Err(error.context("stopped consuming"));
@@ -350,6 +398,10 @@ impl Consumer {
     ///
     /// With `retry_at` (after a failed pull) it first waits until then; shutdown
     /// ends that wait with an empty batch.
+    ///
+    /// The pull itself is [`pull::pull`]. One the server does not end in time ends
+    /// with [`watchdog::Unanswered`] (see [`watchdog`]): messages already read are
+    /// kept; those the server may still send come back after AckWait.
     async fn fetch(
         &self,
         single: bool,
@@ -363,26 +415,21 @@ impl Consumer {
             }
         }
         let consumer = self.pull.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let builder = consumer.batch().expires(self.config.batch_wait);
-        let builder = if single {
-            builder.max_messages(1)
-        } else {
-            builder
-                .max_messages(self.config.batch_size)
-                .max_bytes(self.config.batch_max_bytes)
+        let request = pull::Request {
+            max_messages: if single { 1 } else { self.config.batch_size },
+            max_bytes: if single {
+                0
+            } else {
+                self.config.batch_max_bytes
+            },
+            expires: self.config.batch_wait,
+            deadline: Instant::now() + self.config.batch_wait + watchdog::PULL_ANSWER_GRACE,
         };
-        let mut batch = builder.messages().await?;
-        let mut deliveries = Vec::with_capacity(if single { 1 } else { self.config.batch_size });
-        let mut ended_by = None;
-        while let Some(item) = batch.next().await {
-            match item {
-                Ok(message) => deliveries.extend(self.delivery(message)),
-                Err(error) => {
-                    ended_by = Some(error);
-                    break;
-                }
-            }
-        }
+        let (messages, ended_by) = pull::pull(&self.js, &consumer, request).await?;
+        let deliveries = messages
+            .into_iter()
+            .filter_map(|message| self.delivery(message))
+            .collect();
         Ok((deliveries, ended_by))
     }
 

@@ -31,15 +31,15 @@ pub async fn nats_restart(messages: u64) -> anyhow::Result<Report> {
         // Mid-stream: the writer is busy with what came before, and the publisher
         // (retrying until JetStream acknowledges) with the next part.
         rig.wait_rows(*ids.start() - 1, FAULT_TIMEOUT).await?;
-        let old_pid = rig.nats.pid();
+        let old_pid = rig.nats.server().pid();
         let publisher = rig.publisher();
         publishing.push(publisher.start(&plan, ids, None));
         let since = Instant::now();
         let stopped = blocking(|| {
             if crash {
-                rig.nats.kill()
+                rig.nats.server().kill()
             } else {
-                rig.nats.stop()
+                rig.nats.server().stop()
             }
         })?;
         // The writer must notice: /readyz names the NATS connection while it is down.
@@ -59,7 +59,10 @@ pub async fn nats_restart(messages: u64) -> anyhow::Result<Report> {
         .await;
         blocking(|| stopped.start())?;
         noticed?;
-        ensure!(rig.nats.pid() != old_pid, "nats-server was not restarted");
+        ensure!(
+            rig.nats.server().pid() != old_pid,
+            "nats-server was not restarted"
+        );
         outages.push(format!(
             "{} after {} rows, down {:.1}s",
             if crash { "SIGKILL" } else { "SIGTERM" },

@@ -2,9 +2,10 @@
 //! configuration, a publisher of envelopes with unique ids, the wait for the drain,
 //! and the count of what was stored and dead-lettered.
 //!
-//! Each drill starts private instances (`testkit::infra::Managed::private_*`): it
-//! stops, freezes and kills them without disturbing anything else that runs on the
-//! machine, under either e2e backend, and they are deleted when the drill ends.
+//! Each drill starts private instances (`testkit::infra::Managed::private_*`, or a
+//! `testkit::cluster::NatsCluster` for the cluster drill): it stops, freezes and kills
+//! them without disturbing anything else that runs on the machine, under either e2e
+//! backend, and they are deleted when the drill ends.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -18,6 +19,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMes
 use clickhouse::Row;
 use ponix_writer::consumer::{HEADER_DELIVERY_COUNT, HEADER_REASON};
 use serde::Deserialize;
+use testkit::cluster::NatsCluster;
 use testkit::infra::Managed;
 use testkit::localenv::Layout;
 use testkit::localenv::goose::Goose;
@@ -30,9 +32,9 @@ use crate::writer::Metrics;
 
 pub const DATABASE: &str = "drill";
 pub const TABLE: &str = "processed_envelopes";
-const STREAM: &str = "DRILL";
+pub const STREAM: &str = "DRILL";
 const SUBJECT_PREFIX: &str = "drill.envelopes";
-const CONSUMER: &str = "drill-writer";
+pub const CONSUMER: &str = "drill-writer";
 const DEAD_LETTER_STREAM: &str = "DRILL_DEAD_LETTERS";
 const DEAD_LETTER_SUBJECT: &str = "drill.dead_letter";
 /// The header carrying an envelope's drill id; dead letters keep it.
@@ -50,9 +52,54 @@ const PREFILL_PREFIX: &str = "prefill-";
 /// The condition that leaves pre-filled rows out of a count.
 const PUBLISHED_ROWS: &str = "NOT startsWith(end_device_id, 'prefill-')";
 
+/// A drill's NATS: one server, or a JetStream cluster.
+pub enum Nats {
+    Server(Managed),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Nats::Server(server) => vec![server.url()],
+            Nats::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// The one server of a single-server drill.
+    pub fn server(&mut self) -> &mut Managed {
+        match self {
+            Nats::Server(server) => server,
+            Nats::Cluster(_) => panic!("this drill runs a NATS cluster, not one server"),
+        }
+    }
+
+    /// The cluster of a cluster drill.
+    pub fn cluster(&self) -> &NatsCluster {
+        match self {
+            Nats::Cluster(cluster) => cluster,
+            Nats::Server(_) => panic!("this drill runs one NATS server, not a cluster"),
+        }
+    }
+
+    pub fn cluster_mut(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(cluster) => cluster,
+            Nats::Server(_) => panic!("this drill runs one NATS server, not a cluster"),
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        match self {
+            Nats::Server(server) => server.log_tail(15),
+            Nats::Cluster(cluster) => cluster.log_tails(15),
+        }
+    }
+}
+
 pub struct Rig {
     pub name: &'static str,
-    pub nats: Managed,
+    pub nats: Nats,
     pub clickhouse: Managed,
     pub js: jetstream::Context,
     pub ch: clickhouse::Client,
@@ -115,12 +162,29 @@ impl Rig {
         settings: &[(&str, &str)],
         schema: Schema,
     ) -> anyhow::Result<Rig> {
-        let (nats, clickhouse) = blocking(|| {
-            Ok((
-                Managed::private_nats().context("starting a private nats-server")?,
-                Managed::private_clickhouse().context("starting a private ClickHouse")?,
-            ))
-        })?;
+        let nats = blocking(|| Managed::private_nats().context("starting a private nats-server"))?;
+        Rig::on(name, settings, schema, Nats::Server(nats)).await
+    }
+
+    /// [`Rig::new`] on a private JetStream cluster of `nodes` servers.
+    pub async fn with_cluster(
+        name: &'static str,
+        settings: &[(&str, &str)],
+        schema: Schema,
+        nodes: usize,
+    ) -> anyhow::Result<Rig> {
+        let cluster = blocking(|| NatsCluster::start(nodes))?;
+        Rig::on(name, settings, schema, Nats::Cluster(cluster)).await
+    }
+
+    async fn on(
+        name: &'static str,
+        settings: &[(&str, &str)],
+        schema: Schema,
+        nats: Nats,
+    ) -> anyhow::Result<Rig> {
+        let clickhouse =
+            blocking(|| Managed::private_clickhouse().context("starting a private ClickHouse"))?;
         let layout = Layout::workspace();
         let logs = layout.logs_dir();
         std::fs::create_dir_all(&logs)?;
@@ -134,7 +198,7 @@ impl Rig {
             .map(PathBuf::from)
             .unwrap_or_else(|_| layout.migrations_dir());
         let mut vars: Vec<(String, String)> = vec![
-            ("PONIX_NATS_URL".into(), nats.url()),
+            ("PONIX_NATS_URL".into(), nats.urls().join(",")),
             ("PONIX_CLICKHOUSE_URL".into(), clickhouse.url()),
             ("PONIX_CLICKHOUSE_DATABASE".into(), DATABASE.into()),
             ("PONIX_CLICKHOUSE_USERNAME".into(), "default".into()),
@@ -177,7 +241,12 @@ impl Rig {
             .name("drill")
             // The drills restart NATS; keep trying for as long as a drill runs.
             .max_reconnects(None)
-            .connect(nats.url())
+            // And freeze it: a server that holds the socket and answers nothing is left
+            // after three unanswered pings, so the publisher moves to another node of a
+            // cluster within seconds instead of minutes.
+            .ping_interval(Duration::from_secs(1))
+            .connection_timeout(Duration::from_secs(3))
+            .connect(nats.urls())
             .await
             .context("connecting to the private NATS")?;
         // Without backpressure a publish that finds no free in-flight slot fails at once
@@ -457,7 +526,7 @@ impl Rig {
     pub fn infra_log_tails(&self) -> String {
         format!(
             "--- nats-server log ---\n{}\n--- ClickHouse log ---\n{}",
-            self.nats.log_tail(15),
+            self.nats.log_tails(),
             self.clickhouse.log_tail(15)
         )
     }
