@@ -129,11 +129,6 @@ impl WriterProcess {
         &self.log
     }
 
-    /// When [`WriterProcess::spawn`] returned.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
     }

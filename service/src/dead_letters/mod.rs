@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::NatsConfig;
 use crate::consumer::{
-    HEADER_DETAIL, HEADER_ORIGINAL_SUBJECT, HEADER_PAYLOAD_DROPPED, HEADER_REASON,
-    HEADER_REPLAY_OF_SEQUENCE, HEADER_STREAM_SEQUENCE,
+    HEADER_ORIGINAL_SUBJECT, HEADER_PAYLOAD_DROPPED, HEADER_REASON, HEADER_REPLAY_OF_SEQUENCE,
+    HEADER_STREAM_SEQUENCE,
 };
 
 mod replay;
@@ -52,10 +52,6 @@ impl DeadLetter {
     /// The reason code, or `unknown` for a message the writer did not file.
     pub fn reason(&self) -> &str {
         self.header(HEADER_REASON).unwrap_or("unknown")
-    }
-
-    pub fn detail(&self) -> &str {
-        self.header(HEADER_DETAIL).unwrap_or("")
     }
 
     /// The subject the envelope was first published to, where a replay publishes it.
