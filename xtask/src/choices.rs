@@ -24,6 +24,30 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// `cargo xtask docker --images`: where the container images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Official where `docker pull` works, local stand-ins otherwise.
+    Auto,
+    Local,
+    Official,
+}
+
+impl std::str::FromStr for ImageSource {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<ImageSource> {
+        match choice {
+            "auto" => Ok(ImageSource::Auto),
+            "local" => Ok(ImageSource::Local),
+            "official" => Ok(ImageSource::Official),
+            other => {
+                bail!("unknown image source {other:?}: expected `auto`, `local` or `official`")
+            }
+        }
+    }
+}
+
 /// `--payload`: the envelope shape the bench publishes (ponix-bench's own flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Payload {

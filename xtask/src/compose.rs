@@ -281,7 +281,7 @@ fn probe(args: &[&str]) -> bool {
     run_with_timeout("docker", args, PROBE_TIMEOUT)
 }
 
-fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> bool {
+pub fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> bool {
     let Ok(mut child) = Command::new(program)
         .args(args)
         .stdin(Stdio::null())

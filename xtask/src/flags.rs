@@ -4,7 +4,7 @@
 
 use localenv::local::Engine;
 
-use crate::choices::{Backend, DrillChoice, Payload, Platforms};
+use crate::choices::{Backend, DrillChoice, ImageSource, Payload, Platforms};
 
 xflags::xflags! {
     src "./src/flags.rs"
@@ -92,6 +92,16 @@ xflags::xflags! {
 
         /// Lint the deploy files: workflows (actionlint), Dockerfile (hadolint), compose schema, pins.
         cmd lint {}
+
+        /// Make sure a Docker engine answers (installing and starting one on Debian as root), with the pinned compose and buildx plugins and the images (official, or local stand-ins where no registry answers).
+        cmd docker {
+            /// Where images come from: `auto` (default: official where they can be pulled), `local` stand-ins, or `official`.
+            optional --images source: ImageSource
+            /// Only the engine and the plugins.
+            optional --no-images
+            /// Stop the dockerd this command started, failing if any container is left.
+            optional --stop
+        }
     }
 }
 
@@ -120,6 +130,7 @@ pub enum XtaskCmd {
     Down(Down),
     Image(Image),
     Lint(Lint),
+    Docker(Docker),
 }
 
 #[derive(Debug)]
@@ -182,6 +193,13 @@ pub struct Image {
 
 #[derive(Debug)]
 pub struct Lint;
+
+#[derive(Debug)]
+pub struct Docker {
+    pub images: Option<ImageSource>,
+    pub no_images: bool,
+    pub stop: bool,
+}
 
 impl Xtask {
     #[allow(dead_code)]

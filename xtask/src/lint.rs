@@ -33,6 +33,7 @@ const TOOLCHAIN_FILE: &str = "rust-toolchain.toml";
 /// Shell scripts checked with shellcheck.
 const SHELL_SCRIPTS: &[&str] = &[
     "docker/healthcheck.sh",
+    "docker/local/clickhouse-entrypoint.sh",
     ".ci/run",
     "service/tests/support/failing-goose",
 ];
@@ -152,13 +153,20 @@ fn action_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The writer's Dockerfile and the local stand-ins' (`cargo xtask docker`).
+const DOCKERFILES: &[&str] = &[
+    DOCKERFILE,
+    "docker/local/nats.Dockerfile",
+    "docker/local/clickhouse.Dockerfile",
+];
+
 fn hadolint(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
     let hadolint = require(tools_lint::lint_venv_bin(layout, "hadolint"))?;
-    let dockerfile = layout.root.join(DOCKERFILE);
-    cmd!(sh, "{hadolint} --no-color {dockerfile}")
+    let dockerfiles: Vec<_> = DOCKERFILES.iter().map(|f| layout.root.join(f)).collect();
+    cmd!(sh, "{hadolint} --no-color {dockerfiles...}")
         .run()
-        .context("hadolint found problems in docker/Dockerfile (listed above)")?;
-    Ok(DOCKERFILE.into())
+        .context("hadolint found problems in the Dockerfiles (listed above)")?;
+    Ok(DOCKERFILES.join(", "))
 }
 
 fn shellcheck(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {

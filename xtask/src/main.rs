@@ -7,6 +7,7 @@ mod bench;
 mod choices;
 mod compose;
 mod dev;
+mod docker;
 mod down;
 mod drill;
 mod e2e;
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::E2e(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Image(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Lint(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Docker(cmd) => cmd.run(&sh),
     }
 }
 
