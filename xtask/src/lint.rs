@@ -450,11 +450,38 @@ fn toolchain_problems(toolchain_file: &str, pins: &Pins) -> Vec<String> {
 }
 
 /// Pins that must agree with each other.
+/// The official images: pinned by digest, so that a re-pushed tag cannot change what
+/// GitHub Actions runs.
+const DIGEST_PINNED_IMAGES: &[&str] = &[
+    "NATS_IMAGE",
+    "CLICKHOUSE_IMAGE",
+    "RUST_IMAGE",
+    "RUNTIME_IMAGE",
+];
+
+fn digest_pinned(image: &str) -> bool {
+    image.split_once("@sha256:").is_some_and(|(name, digest)| {
+        name.contains(':') && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 fn pin_problems(pins: &Pins) -> Vec<String> {
     let mut problems = Vec::new();
+    for key in DIGEST_PINNED_IMAGES {
+        if let Some(image) = pins.get_opt(key)
+            && !digest_pinned(image)
+        {
+            problems.push(format!(
+                "pins.env: {key}={image} is not pinned by digest: write it as NAME:TAG@sha256:<64 hex digits> \
+                 (`docker buildx imagetools inspect NAME:TAG` prints the digest)"
+            ));
+        }
+    }
     match (pins.get("RUST_TOOLCHAIN"), pins.get("RUST_IMAGE")) {
         (Ok(toolchain), Ok(image)) => {
-            let tag = image
+            // The tag sits before any `@sha256:` digest.
+            let reference = image.split_once('@').map_or(image, |(name, _)| name);
+            let tag = reference
                 .rsplit_once(':')
                 .map(|(_, tag)| tag)
                 .unwrap_or_default();
@@ -665,14 +692,33 @@ mod tests {
         )
         .unwrap();
         let problems = pin_problems(&pins);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("does not carry RUST_TOOLCHAIN=1.95.0"));
-        let good = Pins::parse(
-            "RUST_TOOLCHAIN=1.95.0\nRUST_IMAGE=rust:1.95.0-bookworm\nRUNTIME_IMAGE=x\n\
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("does not carry RUST_TOOLCHAIN=1.95.0"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("RUNTIME_IMAGE=x is not pinned by digest"))
+        );
+        let digest = "0123456789abcdef".repeat(4);
+        let good = Pins::parse(&format!(
+            "RUST_TOOLCHAIN=1.95.0\nRUST_IMAGE=rust:1.95.0-bookworm@sha256:{digest}\n\
+             RUNTIME_IMAGE=debian:bookworm-slim@sha256:{digest}\n\
              GOOSE_VERSION=v\nGOOSE_SHA256_LINUX_X86_64=a\nGOOSE_SHA256_LINUX_ARM64=b\n",
-        )
+        ))
         .unwrap();
-        assert!(pin_problems(&good).is_empty());
+        assert!(pin_problems(&good).is_empty(), "{:?}", pin_problems(&good));
+        let short = Pins::parse(&format!(
+            "RUST_TOOLCHAIN=1.95.0\nRUST_IMAGE=rust:1.95.0-bookworm@sha256:{}\n\
+             RUNTIME_IMAGE=debian:bookworm-slim@sha256:{digest}\n\
+             GOOSE_VERSION=v\nGOOSE_SHA256_LINUX_X86_64=a\nGOOSE_SHA256_LINUX_ARM64=b\n",
+            &digest[..63]
+        ))
+        .unwrap();
+        assert_eq!(pin_problems(&short).len(), 1, "{:?}", pin_problems(&short));
     }
 
     #[test]
