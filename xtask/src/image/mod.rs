@@ -296,6 +296,10 @@ fn execute(plan: &Plan, ctx: &checks::RunContext<'_>) -> anyhow::Result<()> {
             checks_started.elapsed().as_secs_f64()
         );
         print!("{}", checks::table(&rows));
+        // The table cuts long observations; a failure is worth reading whole.
+        for (check, outcome) in rows.iter().filter(|(_, outcome)| !outcome.ok) {
+            println!("FAILED: {}:\n  {}", check.what, outcome.observed);
+        }
         let size = verification
             .size
             .read(sh)

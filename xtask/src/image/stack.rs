@@ -100,11 +100,12 @@ impl Stack {
             ))
             .arg(&images.nats)
             .args(["-js", "-sd", "/data", "-m", "8222"]);
-        let mut clickhouse_run = container(&clickhouse, Some("clickhouse"))
-            .args(["--ulimit", "nofile=262144:262144"])
-            .args(health(
-                "wget --quiet --tries=1 --timeout=2 --spider \"http://$(hostname):8123/ping\"",
-            ));
+        // No `--ulimit nofile` as compose.yaml sets: where the engine's own hard limit
+        // is lower (a container host inside a container), runc refuses to start the
+        // container, and ClickHouse only warns without it.
+        let mut clickhouse_run = container(&clickhouse, Some("clickhouse")).args(health(
+            "wget --quiet --tries=1 --timeout=2 --spider \"http://$(hostname):8123/ping\"",
+        ));
         for name in CLICKHOUSE_SETTINGS {
             clickhouse_run = clickhouse_run.arg("--env").arg(*name);
         }
@@ -227,23 +228,29 @@ pub fn run(
             bail!("docker/.env.example has no {name}: the stack needs it");
         }
     }
-    stack
-        .network_create
-        .read(sh)
-        .context("creating the stack's network")?;
-    for command in [&stack.nats_run, &stack.clickhouse_run] {
-        with_settings(command)
-            .read()
-            .with_context(|| format!("`{command}` failed"))?;
-    }
+    let start = |what: &str, command: &Cmd| -> anyhow::Result<()> {
+        let output = with_settings(command)
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running `{command}`"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "starting {what} failed: {} (command: `{command}`)",
+            stderr.trim()
+        )
+    };
+    start("the network", &stack.network_create)?;
+    start("NATS", &stack.nats_run)?;
+    start("ClickHouse", &stack.clickhouse_run)?;
     wait_healthy(sh, &[&stack.nats, &stack.clickhouse], INFRA_DEADLINE)
         .inspect_err(|_| dump_logs(sh, layout, &[&stack.nats, &stack.clickhouse]))?;
 
     let started = Instant::now();
-    let result = with_settings(&stack.writer_run)
-        .read()
-        .with_context(|| format!("`{}` failed", stack.writer_run))
-        .and_then(|_| wait_healthy(sh, &[&stack.writer], WRITER_DEADLINE))
+    let result = start("the writer", &stack.writer_run)
+        .and_then(|()| wait_healthy(sh, &[&stack.writer], WRITER_DEADLINE))
         .and_then(|()| {
             let healthy_after = started.elapsed();
             let address = published_address(sh, &stack.writer)?;
