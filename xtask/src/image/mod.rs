@@ -263,9 +263,13 @@ fn execute(plan: &Plan, ctx: &checks::RunContext<'_>) -> anyhow::Result<()> {
         plan.tags[1]
     );
     let build_started = Instant::now();
-    plan.build
-        .run(sh)
-        .context("the image build failed; its output is above")?;
+    plan.build.run(sh).with_context(|| match plan.origin {
+        Origin::Source => {
+            "the image build failed; its output is above (where RUST_IMAGE cannot \
+                           be pulled, `--from-host` builds the writer on this machine instead)"
+        }
+        Origin::Host { .. } => "the image build failed; its output is above",
+    })?;
     println!(
         "[image] built {} in {:.0} s",
         plan.tags[1],
