@@ -38,6 +38,8 @@ impl flags::E2e {
                 platform: None,
                 push: false,
                 dry_run: true,
+                from_host: false,
+                from_source: false,
             };
             plan.run(sh)?;
             Ok("tags and commands printed above".into())

@@ -76,7 +76,7 @@ xflags::xflags! {
             optional --keep
         }
 
-        /// Build the writer's container image, check goose and the migrations inside it, print its size.
+        /// Build the writer's container image, check it for real (inside it and against a running stack), print its size.
         cmd image {
             /// Repository name without a tag (default: ponix-writer), placed under --registry.
             optional --name name: String
@@ -88,6 +88,11 @@ xflags::xflags! {
             optional --push
             /// Print the tags and every command without running any (no Docker engine needed).
             optional --dry-run
+            /// Build the writer with cargo on this machine and copy it and .tools/bin/goose into the image
+            /// (target runtime-prebuilt). The default when RUST_IMAGE is not present locally.
+            optional --from-host
+            /// Build the writer inside RUST_IMAGE (target runtime, pulled when missing).
+            optional --from-source
         }
 
         /// Lint the deploy files: workflows (actionlint), Dockerfile (hadolint), compose schema, pins.
@@ -189,6 +194,8 @@ pub struct Image {
     pub platform: Option<Platforms>,
     pub push: bool,
     pub dry_run: bool,
+    pub from_host: bool,
+    pub from_source: bool,
 }
 
 #[derive(Debug)]

@@ -355,7 +355,9 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
             .strip_prefix("${")
             .and_then(|s| s.strip_suffix('}'))
             .is_some_and(|name| PINNED_BUILD_ARGS.contains(&name));
-        if !from_pin && !stages.iter().any(|s| s == image) {
+        // `scratch` is BuildKit's empty filesystem, not an image to pull.
+        let scratch = image == "scratch";
+        if !from_pin && !scratch && !stages.iter().any(|s| s == image) {
             problems.push(format!(
                 "{DOCKERFILE}: `FROM {image}` names an image directly; use a pinned build arg"
             ));
@@ -635,7 +637,7 @@ mod tests {
     fn dockerfile_rules() {
         let good = "ARG RUST_IMAGE\nARG RUNTIME_IMAGE\nFROM ${RUST_IMAGE} AS build\n\
                     ARG GOOSE_VERSION\nARG GOOSE_SHA256_LINUX_X86_64\nARG GOOSE_SHA256_LINUX_ARM64\n\
-                    FROM build AS test\nFROM ${RUNTIME_IMAGE}\nARG VERSION\nARG REVISION\nARG SOURCE\n";
+                    FROM build AS test\nFROM scratch AS files\nFROM ${RUNTIME_IMAGE}\nARG VERSION\nARG REVISION\nARG SOURCE\n";
         assert_eq!(dockerfile_problems(good), Vec::<String>::new());
         let bad = good
             .replace("ARG VERSION\n", "ARG VERSION=1\n")
