@@ -14,6 +14,7 @@
 //! `CLICKHOUSE_IMAGE`, `RUNTIME_IMAGE`), which overrides pins.env for every command
 //! that runs containers; with the official images the file is removed.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,10 +26,11 @@ use xshell::{Shell, cmd};
 
 use super::engine::state_dir;
 use crate::choices::ImageSource;
+use crate::env_file;
 use crate::pins::Pins;
 
 /// The pins.env keys images.env overrides.
-pub const OVERRIDDEN: &[&str] = &["NATS_IMAGE", "CLICKHOUSE_IMAGE", "RUNTIME_IMAGE"];
+const OVERRIDDEN: &[&str] = &["NATS_IMAGE", "CLICKHOUSE_IMAGE", "RUNTIME_IMAGE"];
 const SNAPSHOT_ARCHIVE: &str = "http://snapshot.debian.org/archive/debian";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// How long `docker pull` may try before the registry counts as unreachable (it fails
@@ -39,28 +41,50 @@ pub fn images_env(layout: &Layout) -> PathBuf {
     state_dir(layout).join("images.env")
 }
 
-/// The image pins in force: pins.env's `NATS_IMAGE`, `CLICKHOUSE_IMAGE` and
-/// `RUNTIME_IMAGE`, each replaced by images.env's value where `cargo xtask docker`
-/// chose a local stand-in. Every command that runs containers takes its images here.
-pub fn image_pins(layout: &Layout, pins: &Pins) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let path = images_env(layout);
-    let overrides = match fs::read_to_string(&path) {
-        Ok(text) => {
-            crate::env_file::parse(&text).with_context(|| format!("parsing {}", path.display()))?
+/// pins.env, with the image names of .tools/docker/images.env over it: every command
+/// that runs containers takes its images here.
+pub struct Images {
+    pub pins: Pins,
+    overrides: BTreeMap<String, String>,
+}
+
+impl Images {
+    pub fn load(layout: &Layout) -> anyhow::Result<Images> {
+        let pins = Pins::load(layout)?;
+        let path = images_env(layout);
+        let overrides = if path.exists() {
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Images::parse_overrides(&text).with_context(|| format!("parsing {}", path.display()))?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Images { pins, overrides })
+    }
+
+    /// The pins alone, as where no images.env was written.
+    #[cfg(test)]
+    pub fn from_pins(pins: Pins) -> Images {
+        Images {
+            pins,
+            overrides: BTreeMap::new(),
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-    };
-    OVERRIDDEN
-        .iter()
-        .map(|key| {
-            let value = match overrides.iter().rev().find(|entry| entry.key == *key) {
-                Some(entry) => entry.value.clone(),
-                None => pins.get(key)?.to_owned(),
-            };
-            Ok((*key, value))
-        })
-        .collect()
+    }
+
+    fn parse_overrides(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        Ok(env_file::parse(text)?
+            .into_iter()
+            .filter(|entry| !entry.value.is_empty())
+            .map(|entry| (entry.key, entry.value))
+            .collect())
+    }
+
+    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
+        match self.overrides.get(key) {
+            Some(value) => Ok(value),
+            None => self.pins.get(key),
+        }
+    }
 }
 
 /// The names of the local stand-ins, all derived from pins.
@@ -114,11 +138,10 @@ pub fn ensure(
     pins: &Pins,
     source: ImageSource,
 ) -> anyhow::Result<String> {
-    let official: Vec<&str> = vec![
-        pins.get("NATS_IMAGE")?,
-        pins.get("CLICKHOUSE_IMAGE")?,
-        pins.get("RUNTIME_IMAGE")?,
-    ];
+    let official = OVERRIDDEN
+        .iter()
+        .map(|key| pins.get(key))
+        .collect::<anyhow::Result<Vec<&str>>>()?;
     let use_official = match source {
         ImageSource::Official => true,
         ImageSource::Local => false,
@@ -457,6 +480,23 @@ mod tests {
         for key in OVERRIDDEN {
             assert!(text.contains(&format!("\n{key}=ponix-local/")), "{text}");
         }
+    }
+
+    #[test]
+    fn local_images_override_the_pins() {
+        let images = Images {
+            pins: Pins::parse("RUNTIME_IMAGE=debian:bookworm-slim\nNATS_IMAGE=nats:2\n").unwrap(),
+            overrides: Images::parse_overrides(
+                "# written by cargo xtask docker\nRUNTIME_IMAGE=ponix-local/debian:bookworm\nCLICKHOUSE_IMAGE=\n",
+            )
+            .unwrap(),
+        };
+        assert_eq!(
+            images.get("RUNTIME_IMAGE").unwrap(),
+            "ponix-local/debian:bookworm"
+        );
+        assert_eq!(images.get("NATS_IMAGE").unwrap(), "nats:2");
+        assert!(images.get("CLICKHOUSE_IMAGE").is_err());
     }
 
     #[test]

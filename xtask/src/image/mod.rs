@@ -19,7 +19,6 @@ mod plan;
 mod secrets;
 mod stack;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::time::Instant;
 
@@ -28,9 +27,8 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose;
-use crate::env_file;
+use crate::docker::images::Images;
 use crate::flags;
-use crate::pins::Pins;
 
 pub use dockerfile::dockerfile_args;
 use plan::{Inputs, Origin, Plan};
@@ -53,8 +51,6 @@ pub const IMAGE_GOOSE: &str = "/usr/local/bin/goose";
 pub const IMAGE_MIGRATIONS_DIR: &str = "/app/migrations";
 /// The Dockerfile's `USER`.
 pub const IMAGE_USER: &str = "10001:10001";
-/// Local stand-in images, written by `cargo xtask docker` where no registry answers.
-pub const IMAGES_ENV: &str = ".tools/docker/images.env";
 /// The first Docker release whose built-in BuildKit (0.11) knows named contexts.
 const NAMED_CONTEXT_DOCKER_MAJOR: u32 = 23;
 
@@ -206,42 +202,6 @@ fn named_contexts_supported(sh: &Shell) -> bool {
 
 fn docker_major(version: &str) -> Option<u32> {
     version.trim().split('.').next()?.parse().ok()
-}
-
-/// pins.env, with the image names of .tools/docker/images.env over it.
-pub struct Images {
-    pub pins: Pins,
-    overrides: BTreeMap<String, String>,
-}
-
-impl Images {
-    pub fn load(layout: &Layout) -> anyhow::Result<Images> {
-        let pins = Pins::load(layout)?;
-        let path = layout.root.join(IMAGES_ENV);
-        let overrides = if path.exists() {
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            Images::parse_overrides(&text).with_context(|| format!("parsing {}", path.display()))?
-        } else {
-            BTreeMap::new()
-        };
-        Ok(Images { pins, overrides })
-    }
-
-    fn parse_overrides(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        Ok(env_file::parse(text)?
-            .into_iter()
-            .filter(|entry| !entry.value.is_empty())
-            .map(|entry| (entry.key, entry.value))
-            .collect())
-    }
-
-    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
-        match self.overrides.get(key) {
-            Some(value) => Ok(value),
-            None => self.pins.get(key),
-        }
-    }
 }
 
 fn execute(plan: &Plan, ctx: &checks::RunContext<'_>) -> anyhow::Result<()> {
@@ -473,6 +433,7 @@ fn migration_files(layout: &Layout) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pins::Pins;
 
     #[test]
     fn image_names() {
@@ -525,29 +486,9 @@ mod tests {
 
     #[test]
     fn every_pinned_build_arg_is_in_pins_env() {
-        let images = Images {
-            pins: Pins::load(&Layout::workspace()).unwrap(),
-            overrides: BTreeMap::new(),
-        };
+        let images = Images::from_pins(Pins::load(&Layout::workspace()).unwrap());
         let args = pinned_build_args(&images).unwrap();
         assert_eq!(args.len(), PINNED_BUILD_ARGS.len());
-    }
-
-    #[test]
-    fn local_images_override_the_pins() {
-        let images = Images {
-            pins: Pins::parse("RUNTIME_IMAGE=debian:bookworm-slim\nNATS_IMAGE=nats:2\n").unwrap(),
-            overrides: Images::parse_overrides(
-                "# written by cargo xtask docker\nRUNTIME_IMAGE=ponix-local/debian:bookworm\nCLICKHOUSE_IMAGE=\n",
-            )
-            .unwrap(),
-        };
-        assert_eq!(
-            images.get("RUNTIME_IMAGE").unwrap(),
-            "ponix-local/debian:bookworm"
-        );
-        assert_eq!(images.get("NATS_IMAGE").unwrap(), "nats:2");
-        assert!(images.get("CLICKHOUSE_IMAGE").is_err());
     }
 
     #[test]
