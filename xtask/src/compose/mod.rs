@@ -1,73 +1,133 @@
 //! The compose backend: the `docker compose` command lines for docker/compose.yaml,
-//! the endpoints it publishes, and whether a Docker engine answers here.
+//! the ports Docker chose for it, read back, and whether a Docker engine answers here.
 //!
-//! The command lines are built by pure functions and unit-tested, because the
-//! machines this project is developed on have no Docker engine: this path has to be
-//! correct by construction. `cargo xtask lint` validates the compose file itself.
+//! The command lines and the parsing of compose's answers are pure functions with
+//! unit tests; `cargo xtask e2e --backend compose` runs them for real, and
+//! `cargo xtask lint` validates the compose file itself.
+
+mod probe;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use localenv::Layout;
-use xshell::{Shell, cmd};
+use xshell::{Cmd, Shell, cmd};
 
 use crate::env_file;
+
+pub use probe::{
+    buildx_available, compose_available, default_backend_reason, docker_engine_available,
+};
 
 /// The stack, relative to the project root.
 pub const COMPOSE_FILE: &str = "docker/compose.yaml";
 /// The services' settings: the committed template, then the developer's own copy.
 pub const SETTINGS_TEMPLATE: &str = "docker/.env.example";
 pub const SETTINGS_LOCAL: &str = "docker/.env";
+/// Written by the harness where it builds local stand-ins for the official images
+/// (no registry): their names, read after pins.env so that they win.
+pub const IMAGES_ENV: &str = ".tools/docker/images.env";
 
 /// compose.yaml's own `name:`, used by `cargo xtask dev --backend compose`.
 pub const DEV_PROJECT: &str = "ponix";
 /// A separate project for e2e, so that its `down --volumes` never wipes dev data.
 pub const E2E_PROJECT: &str = "ponix-e2e";
-/// What e2e needs from the stack: the writer itself runs as a child process.
-pub const INFRA_SERVICES: &[&str] = &["nats", "clickhouse"];
 /// `up --wait` gives up after this long (first pulls of the images included).
 pub const UP_WAIT_TIMEOUT_SECS: u32 = 300;
+/// The writer image compose.yaml runs unless `PONIX_IMAGE` names another.
+pub const DEFAULT_WRITER_IMAGE: &str = "ponix-writer:dev";
 
-/// Where compose.yaml publishes the services (127.0.0.1 only).
-pub const NATS_URL: &str = "nats://127.0.0.1:4222";
-pub const NATS_MONITOR_URL: &str = "http://127.0.0.1:8222";
-pub const CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
-pub const WRITER_URL: &str = "http://127.0.0.1:8080";
+/// A service's port inside the stack, published on a host port Docker chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub service: &'static str,
+    pub port: u16,
+}
 
-/// One compose project: which files, under which name, interpolated from which env file.
+pub const NATS: ServicePort = ServicePort {
+    service: "nats",
+    port: 4222,
+};
+pub const NATS_MONITOR: ServicePort = ServicePort {
+    service: "nats",
+    port: 8222,
+};
+pub const CLICKHOUSE: ServicePort = ServicePort {
+    service: "clickhouse",
+    port: 8123,
+};
+pub const WRITER: ServicePort = ServicePort {
+    service: "writer",
+    port: 8080,
+};
+
+/// One compose project: which files, under which name, interpolated from which env
+/// files, running which writer image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComposeBackend {
     pub project: String,
     pub files: Vec<PathBuf>,
-    /// The interpolation env file: pins.env, which holds the image tags.
-    pub env_file: PathBuf,
+    /// The interpolation env files, later ones winning: pins.env, which holds the
+    /// image tags, then [`IMAGES_ENV`] where it exists.
+    pub env_files: Vec<PathBuf>,
+    /// `PONIX_IMAGE` for compose: the writer image to run (built by xtask, never by
+    /// compose: `up --no-build`).
+    pub writer_image: String,
+}
+
+/// The host ports Docker chose, read back after `up --wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub nats: u16,
+    pub nats_monitor: u16,
+    pub clickhouse: u16,
+    pub writer: u16,
+}
+
+impl Published {
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats)
+    }
+    pub fn nats_monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.nats_monitor)
+    }
+    pub fn clickhouse_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.clickhouse)
+    }
+    pub fn writer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.writer)
+    }
 }
 
 impl ComposeBackend {
-    /// The infrastructure for `cargo xtask e2e --backend compose`.
+    /// The stack for `cargo xtask e2e --backend compose`.
     pub fn e2e(layout: &Layout) -> ComposeBackend {
         ComposeBackend::new(layout, E2E_PROJECT)
     }
 
-    /// The whole stack, writer included, for `cargo xtask dev --backend compose`.
+    /// The stack for `cargo xtask dev --backend compose`.
     pub fn dev(layout: &Layout) -> ComposeBackend {
         ComposeBackend::new(layout, DEV_PROJECT)
     }
 
     fn new(layout: &Layout, project: &str) -> ComposeBackend {
+        let mut env_files = vec![layout.pins_file()];
+        let images = layout.root.join(IMAGES_ENV);
+        if images.is_file() {
+            env_files.push(images);
+        }
         ComposeBackend {
             project: project.to_owned(),
             files: vec![layout.root.join(COMPOSE_FILE)],
-            env_file: layout.pins_file(),
+            env_files,
+            writer_image: writer_image_from_env(),
         }
     }
 
-    /// `docker` arguments common to every command: `compose`, project, files, env file.
+    /// `docker` arguments common to every command: `compose`, project, files, env files.
     fn base_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["compose".into(), "--project-name".into()];
         args.push(self.project.clone().into());
@@ -75,8 +135,10 @@ impl ComposeBackend {
             args.push("--file".into());
             args.push(file.into());
         }
-        args.push("--env-file".into());
-        args.push(self.env_file.clone().into());
+        for env_file in &self.env_files {
+            args.push("--env-file".into());
+            args.push(env_file.into());
+        }
         args
     }
 
@@ -86,22 +148,17 @@ impl ComposeBackend {
         args
     }
 
-    /// Starts `services` (all when empty) and returns once each one's healthcheck
-    /// passes; fails if one does not within [`UP_WAIT_TIMEOUT_SECS`].
-    pub fn up_args(&self, services: &[&str]) -> Vec<OsString> {
-        let timeout = UP_WAIT_TIMEOUT_SECS.to_string();
-        let mut args = self.with(&["up", "--detach", "--wait", "--wait-timeout", &timeout]);
-        args.extend(services.iter().map(OsString::from));
-        args
-    }
-
-    /// The whole stack with the writer's image (re)built first: for `dev`.
-    pub fn up_stack_args(&self) -> Vec<OsString> {
+    /// Starts every service with the writer image as it is (never built by compose)
+    /// and returns once each one's healthcheck passes; fails if one does not within
+    /// [`UP_WAIT_TIMEOUT_SECS`].
+    pub fn up_args(&self) -> Vec<OsString> {
         let timeout = UP_WAIT_TIMEOUT_SECS.to_string();
         self.with(&[
             "up",
-            "--build",
             "--detach",
+            "--no-build",
+            "--pull",
+            "missing",
             "--wait",
             "--wait-timeout",
             &timeout,
@@ -110,7 +167,7 @@ impl ComposeBackend {
 
     /// Removes the containers, the network and the named volumes (the data).
     pub fn down_args(&self) -> Vec<OsString> {
-        self.with(&["down", "--volumes", "--remove-orphans"])
+        self.with(&["down", "--volumes", "--remove-orphans", "--timeout", "45"])
     }
 
     /// Every service's log, for a failure report.
@@ -128,10 +185,19 @@ impl ComposeBackend {
         self.with(&["config", "--quiet"])
     }
 
+    /// The host address `port` of `service` is published on.
+    pub fn port_args(&self, port: ServicePort) -> Vec<OsString> {
+        self.with(&["port", port.service, &port.port.to_string()])
+    }
+
     /// The variables the writer, goose and the tests read, like
     /// `localenv::local::Endpoints::env_vars` for the local backend. The ClickHouse
     /// credentials are the ones the stack's settings create.
-    pub fn env_vars(&self, layout: &Layout) -> anyhow::Result<Vec<(&'static str, String)>> {
+    pub fn env_vars(
+        &self,
+        layout: &Layout,
+        published: &Published,
+    ) -> anyhow::Result<Vec<(&'static str, String)>> {
         let settings = load_settings(&layout.root)?;
         let setting = |key: &str| -> anyhow::Result<String> {
             settings
@@ -140,8 +206,8 @@ impl ComposeBackend {
                 .with_context(|| format!("{SETTINGS_TEMPLATE} (or {SETTINGS_LOCAL}) has no {key}"))
         };
         Ok(vec![
-            ("PONIX_NATS_URL", NATS_URL.to_owned()),
-            ("PONIX_CLICKHOUSE_URL", CLICKHOUSE_URL.to_owned()),
+            ("PONIX_NATS_URL", published.nats_url()),
+            ("PONIX_CLICKHOUSE_URL", published.clickhouse_url()),
             (
                 "PONIX_CLICKHOUSE_DATABASE",
                 setting("PONIX_CLICKHOUSE_DATABASE")?,
@@ -167,24 +233,57 @@ impl ComposeBackend {
 
     // ---- Running the command lines ----------------------------------------------
 
-    /// `up --wait` for `services` (all when empty). Needs a Docker engine with the
-    /// compose plugin: check [`docker_engine_available`] first to choose a backend.
-    pub fn up(&self, sh: &Shell, services: &[&str]) -> anyhow::Result<()> {
+    /// `docker ARGS` with the writer image in compose's environment.
+    fn docker<'a>(&self, sh: &'a Shell, args: Vec<OsString>) -> Cmd<'a> {
+        cmd!(sh, "docker {args...}").env("PONIX_IMAGE", &self.writer_image)
+    }
+
+    /// `up --wait` for the whole stack, then the ports Docker chose. Needs a Docker
+    /// engine with the compose plugin, and the writer image built.
+    pub fn up(&self, sh: &Shell) -> anyhow::Result<Published> {
         require_compose()?;
-        let args = self.up_args(services);
-        cmd!(sh, "docker {args...}").run().with_context(|| {
+        self.docker(sh, self.up_args()).run().with_context(|| {
             format!(
                 "`docker compose up --wait` failed for project {}: a service did not become \
-                 healthy (its log follows when called from e2e; or run `docker compose -p {} logs`)",
-                self.project, self.project
+                 healthy, or an image is missing (the writer's: `cargo xtask image`; the \
+                 others: `docker compose pull`, or the local stand-ins of {IMAGES_ENV})",
+                self.project
             )
+        })?;
+        self.published(sh)
+    }
+
+    /// The host ports of every published service port.
+    pub fn published(&self, sh: &Shell) -> anyhow::Result<Published> {
+        let read = |port: ServicePort| -> anyhow::Result<u16> {
+            let output = self
+                .docker(sh, self.port_args(port))
+                .quiet()
+                .read()
+                .with_context(|| {
+                    format!(
+                        "`docker compose port {} {}` failed for project {}",
+                        port.service, port.port, self.project
+                    )
+                })?;
+            parse_port_output(&output).with_context(|| {
+                format!(
+                    "reading the host port of {}:{} in project {}",
+                    port.service, port.port, self.project
+                )
+            })
+        };
+        Ok(Published {
+            nats: read(NATS)?,
+            nats_monitor: read(NATS_MONITOR)?,
+            clickhouse: read(CLICKHOUSE)?,
+            writer: read(WRITER)?,
         })
     }
 
     /// `down --volumes --remove-orphans`: nothing of the project is left.
     pub fn down(&self, sh: &Shell) -> anyhow::Result<()> {
-        let args = self.down_args();
-        cmd!(sh, "docker {args...}")
+        self.docker(sh, self.down_args())
             .run()
             .with_context(|| format!("`docker compose down` failed for project {}", self.project))
     }
@@ -193,11 +292,10 @@ impl ComposeBackend {
     /// (e2e.yml uploads that directory when a run fails), prints the last lines, and
     /// returns the file's path.
     pub fn save_logs(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<PathBuf> {
-        let ps = self.ps_args();
-        let logs = self.logs_args();
         let mut text = String::new();
-        for args in [ps, logs] {
-            let output = cmd!(sh, "docker {args...}")
+        for args in [self.ps_args(), self.logs_args()] {
+            let output = self
+                .docker(sh, args)
                 .quiet()
                 .ignore_status()
                 .output()
@@ -216,6 +314,31 @@ impl ComposeBackend {
             eprintln!("{line}");
         }
         Ok(path)
+    }
+}
+
+/// `PONIX_IMAGE` where the caller set it (a published image), else the tag xtask
+/// builds.
+pub fn writer_image_from_env() -> String {
+    std::env::var("PONIX_IMAGE")
+        .ok()
+        .filter(|image| !image.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_WRITER_IMAGE.to_owned())
+}
+
+/// `docker compose port` prints `127.0.0.1:49153` (or `[::1]:49153`); the port.
+pub fn parse_port_output(output: &str) -> anyhow::Result<u16> {
+    let line = output
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .context("`docker compose port` printed nothing: is the service running?")?;
+    let (_, port) = line
+        .rsplit_once(':')
+        .with_context(|| format!("no port in `docker compose port` output {line:?}"))?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => bail!("no port in `docker compose port` output {line:?}"),
+        Ok(port) => Ok(port),
     }
 }
 
@@ -245,27 +368,6 @@ pub fn parse_settings(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-// ---- Probes --------------------------------------------------------------------
-
-/// How long a probe may take: `docker info` against a dead socket can hang.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// True when a Docker engine answers `docker info` within a few seconds. False when
-/// the CLI is missing, no daemon runs, or it does not answer in time.
-pub fn docker_engine_available() -> bool {
-    probe(&["info", "--format", "{{.ServerVersion}}"])
-}
-
-/// True when the compose plugin is installed (no engine needed to answer).
-pub fn compose_available() -> bool {
-    probe(&["compose", "version"])
-}
-
-/// True when the buildx plugin is installed (no engine needed to answer).
-pub fn buildx_available() -> bool {
-    probe(&["buildx", "version"])
-}
-
 fn require_compose() -> anyhow::Result<()> {
     if !compose_available() {
         bail!(
@@ -274,37 +376,6 @@ fn require_compose() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `docker args` with its output discarded; true when it exits 0 in time.
-fn probe(args: &[&str]) -> bool {
-    run_with_timeout("docker", args, PROBE_TIMEOUT)
-}
-
-fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> bool {
-    let Ok(mut child) = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let started = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if started.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -336,18 +407,19 @@ mod tests {
     }
 
     #[test]
-    fn e2e_up_waits_for_the_infrastructure_only() {
+    fn up_waits_for_every_service_and_never_builds() {
         let backend = ComposeBackend::e2e(&layout());
         assert_eq!(
-            strings(backend.up_args(INFRA_SERVICES)),
+            strings(backend.up_args()),
             expect(&[
                 "up",
                 "--detach",
+                "--no-build",
+                "--pull",
+                "missing",
                 "--wait",
                 "--wait-timeout",
                 "300",
-                "nats",
-                "clickhouse"
             ])
         );
     }
@@ -357,12 +429,12 @@ mod tests {
         let backend = ComposeBackend::e2e(&layout());
         assert_eq!(
             strings(backend.down_args()),
-            expect(&["down", "--volumes", "--remove-orphans"])
+            expect(&["down", "--volumes", "--remove-orphans", "--timeout", "45"])
         );
     }
 
     #[test]
-    fn logs_ps_and_config() {
+    fn logs_ps_config_and_port() {
         let backend = ComposeBackend::e2e(&layout());
         assert_eq!(
             strings(backend.logs_args()),
@@ -373,22 +445,33 @@ mod tests {
             strings(backend.config_args()),
             expect(&["config", "--quiet"])
         );
+        assert_eq!(
+            strings(backend.port_args(CLICKHOUSE)),
+            expect(&["port", "clickhouse", "8123"])
+        );
     }
 
     #[test]
-    fn dev_runs_the_whole_stack_under_the_files_own_name() {
-        let backend = ComposeBackend::dev(&layout());
-        let args = strings(backend.up_stack_args());
-        assert_eq!(args[..3], ["compose", "--project-name", "ponix"]);
+    fn the_local_images_env_file_comes_after_the_pins() {
+        let root = std::env::temp_dir().join(format!("xtask-compose-{}", std::process::id()));
+        let images = root.join(IMAGES_ENV);
+        fs::create_dir_all(images.parent().unwrap()).unwrap();
+        let without = ComposeBackend::dev(&Layout::new(&root));
+        assert_eq!(without.env_files, [root.join("pins.env")]);
+        fs::write(&images, "NATS_IMAGE=ponix-local/nats:2.15.0\n").unwrap();
+        let args = strings(ComposeBackend::dev(&Layout::new(&root)).ps_args());
+        let _ = fs::remove_dir_all(&root);
+        let env_files: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "--env-file")
+            .map(|(_, value)| value)
+            .collect();
         assert_eq!(
-            args[7..],
+            env_files,
             [
-                "up",
-                "--build",
-                "--detach",
-                "--wait",
-                "--wait-timeout",
-                "300"
+                &root.join("pins.env").display().to_string(),
+                &images.display().to_string()
             ]
         );
     }
@@ -419,33 +502,72 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_match_the_published_ports() {
+    fn every_port_xtask_reads_back_is_published_on_loopback_at_a_chosen_port() {
         let text = fs::read_to_string(Layout::workspace().root.join(COMPOSE_FILE)).unwrap();
-        for (url, port) in [
-            (NATS_URL, 4222),
-            (NATS_MONITOR_URL, 8222),
-            (CLICKHOUSE_URL, 8123),
-            (WRITER_URL, 8080),
+        for (port, variable) in [
+            (NATS, "NATS_HOST_PORT"),
+            (NATS_MONITOR, "NATS_MONITOR_HOST_PORT"),
+            (CLICKHOUSE, "CLICKHOUSE_HOST_PORT"),
+            (WRITER, "WRITER_HOST_PORT"),
         ] {
-            assert!(url.ends_with(&format!("127.0.0.1:{port}")), "{url}");
+            let line = format!("- \"127.0.0.1:${{{variable}:-}}:{}\"", port.port);
             assert!(
-                text.contains(&format!("\"127.0.0.1:{port}:{port}\"")),
-                "compose.yaml does not publish {port} on 127.0.0.1"
+                text.lines().any(|l| l.trim() == line),
+                "compose.yaml does not publish {}:{} as {line}",
+                port.service,
+                port.port
             );
         }
+        assert!(
+            !text.contains(":9000"),
+            "nothing uses ClickHouse's native port"
+        );
     }
 
     #[test]
-    fn env_vars_carry_the_stacks_credentials() {
+    fn port_output_is_parsed() {
+        assert_eq!(parse_port_output("127.0.0.1:49153\n").unwrap(), 49153);
+        assert_eq!(parse_port_output("[::1]:8123").unwrap(), 8123);
+        assert_eq!(
+            parse_port_output("\n127.0.0.1:32768\n[::1]:32768\n").unwrap(),
+            32768
+        );
+        assert!(parse_port_output("").is_err());
+        assert!(parse_port_output(":0").is_err());
+        assert!(parse_port_output("no service").is_err());
+    }
+
+    #[test]
+    fn published_urls_use_the_ports_read_back() {
+        let published = Published {
+            nats: 1,
+            nats_monitor: 2,
+            clickhouse: 3,
+            writer: 4,
+        };
+        assert_eq!(published.nats_url(), "nats://127.0.0.1:1");
+        assert_eq!(published.nats_monitor_url(), "http://127.0.0.1:2");
+        assert_eq!(published.clickhouse_url(), "http://127.0.0.1:3");
+        assert_eq!(published.writer_url(), "http://127.0.0.1:4");
+    }
+
+    #[test]
+    fn env_vars_carry_the_stacks_credentials_and_ports() {
         let layout = Layout::workspace();
+        let published = Published {
+            nats: 40001,
+            nats_monitor: 40002,
+            clickhouse: 40003,
+            writer: 40004,
+        };
         let vars: BTreeMap<_, _> = ComposeBackend::e2e(&layout)
-            .env_vars(&layout)
+            .env_vars(&layout, &published)
             .unwrap()
             .into_iter()
             .collect();
         let settings = load_settings(&layout.root).unwrap();
-        assert_eq!(vars["PONIX_NATS_URL"], NATS_URL);
-        assert_eq!(vars["PONIX_CLICKHOUSE_URL"], CLICKHOUSE_URL);
+        assert_eq!(vars["PONIX_NATS_URL"], "nats://127.0.0.1:40001");
+        assert_eq!(vars["PONIX_CLICKHOUSE_URL"], "http://127.0.0.1:40003");
         assert_eq!(
             vars["PONIX_CLICKHOUSE_USERNAME"],
             settings["CLICKHOUSE_USER"]
@@ -464,21 +586,5 @@ mod tests {
         assert_eq!(settings["B"], "x=y");
         assert_eq!(settings["C"], "");
         assert!(parse_settings("oops\n").is_err());
-    }
-
-    #[test]
-    fn a_missing_program_is_no_engine() {
-        assert!(!run_with_timeout(
-            "/nonexistent/docker",
-            &["info"],
-            Duration::from_secs(1)
-        ));
-        assert!(!run_with_timeout("false", &[], Duration::from_secs(5)));
-        assert!(run_with_timeout("true", &[], Duration::from_secs(5)));
-        assert!(!run_with_timeout(
-            "sleep",
-            &["5"],
-            Duration::from_millis(200)
-        ));
     }
 }
