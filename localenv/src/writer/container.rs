@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -79,6 +80,11 @@ impl Container {
             );
         }
         // From here on the container exists: a failure below still removes it.
+        // A header, so that a log tells which incarnations ran in which container.
+        let _ = writeln!(
+            &*log,
+            "--- ponix-writer in container {name} from {image} ---"
+        );
         let logs = duct::cmd!("docker", "logs", "--follow", &name)
             .stdin_null()
             .stdout_file(log.try_clone()?)

@@ -233,9 +233,17 @@ impl ComposeBackend {
 
     // ---- Running the command lines ----------------------------------------------
 
-    /// `docker ARGS` with the writer image in compose's environment.
+    /// `docker ARGS` with the writer image in compose's environment, and ClickHouse's
+    /// open-file limit capped where this host's hard limit is lower.
     fn docker<'a>(&self, sh: &'a Shell, args: Vec<OsString>) -> Cmd<'a> {
-        cmd!(sh, "docker {args...}").env("PONIX_IMAGE", &self.writer_image)
+        let mut command = cmd!(sh, "docker {args...}").env("PONIX_IMAGE", &self.writer_image);
+        if let Some(limit) = fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|limits| clickhouse_nofile(&limits))
+        {
+            command = command.env("CLICKHOUSE_NOFILE", limit.to_string());
+        }
+        command
     }
 
     /// `up --wait` for the whole stack, then the ports Docker chose. Needs a Docker
@@ -324,6 +332,23 @@ pub fn writer_image_from_env() -> String {
         .ok()
         .filter(|image| !image.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_WRITER_IMAGE.to_owned())
+}
+
+/// compose.yaml's open-file limit for ClickHouse.
+const CLICKHOUSE_NOFILE: u64 = 262_144;
+
+/// The open-file limit for ClickHouse when this host's hard limit (from
+/// `/proc/self/limits`) is below compose.yaml's: runc fails to start a container
+/// asking for more (`error setting rlimit type 7`).
+fn clickhouse_nofile(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let hard = line.split_whitespace().nth(4)?;
+    match hard.parse::<u64>() {
+        Ok(hard) if hard < CLICKHOUSE_NOFILE => Some(hard),
+        _ => None,
+    }
 }
 
 /// `docker compose port` prints `127.0.0.1:49153` (or `[::1]:49153`); the port.
@@ -522,6 +547,23 @@ mod tests {
             !text.contains(":9000"),
             "nothing uses ClickHouse's native port"
         );
+    }
+
+    #[test]
+    fn clickhouse_open_files_are_capped_at_the_hosts_hard_limit() {
+        let limits = |soft: &str, hard: &str| {
+            format!(
+                "Limit                     Soft Limit           Hard Limit           Units\n\
+                 Max processes             unlimited            unlimited            processes\n\
+                 Max open files            {soft:<20} {hard:<20} files\n"
+            )
+        };
+        assert_eq!(clickhouse_nofile(&limits("1024", "20000")), Some(20000));
+        assert_eq!(clickhouse_nofile(&limits("1024", "1048576")), None);
+        assert_eq!(clickhouse_nofile(&limits("unlimited", "unlimited")), None);
+        assert_eq!(clickhouse_nofile("no such line"), None);
+        let text = fs::read_to_string(Layout::workspace().root.join(COMPOSE_FILE)).unwrap();
+        assert!(text.contains(&format!("${{CLICKHOUSE_NOFILE:-{CLICKHOUSE_NOFILE}}}")));
     }
 
     #[test]
