@@ -17,7 +17,7 @@ use localenv::writer::{Log, WriterProcess};
 use xshell::{Shell, cmd};
 
 use crate::choices::Backend;
-use crate::compose;
+use crate::compose::{self, ComposeBackend};
 use crate::flags;
 use crate::stack::{RowCounter, Stack, writer_image};
 use crate::tools;
@@ -109,7 +109,14 @@ impl flags::Dev {
         let image = writer_image(sh, layout)?;
         let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
         eprintln!("starting the compose stack (nats, clickhouse, writer {image}) ...");
-        let mut stack = Stack::up(sh, layout, compose::DEV_PROJECT, image, interval)?;
+        let mut stack = Stack::up(
+            sh,
+            layout,
+            ComposeBackend::dev(layout),
+            image,
+            interval,
+            false,
+        )?;
         let published = stack.published;
         println!(
             "\nponix-writer is running in its container with its demo producer (one envelope \

@@ -46,19 +46,21 @@ pub struct Stack {
 
 impl Stack {
     /// `up --wait` of the whole stack running `image`, the writer's demo producer
-    /// publishing every `demo_interval_ms` (0: off). A stack left by an interrupted
-    /// run is removed first; a failed start saves the logs and removes what started.
+    /// publishing every `demo_interval_ms` (0: off). With `fresh`, a stack left by an
+    /// interrupted run is removed first (e2e: stale data would skew it). A failed
+    /// start saves the logs and removes what started.
     pub fn up(
         sh: &Shell,
         layout: &Layout,
-        project: &str,
+        mut backend: ComposeBackend,
         image: String,
         demo_interval_ms: u64,
+        fresh: bool,
     ) -> anyhow::Result<Stack> {
-        let mut backend = ComposeBackend::e2e(layout);
-        backend.project = project.to_owned();
         backend.writer_image = image;
-        let _ = backend.down(sh);
+        if fresh {
+            let _ = backend.down(sh);
+        }
         let _demo = sh.push_env("PONIX_DEMO_INTERVAL_MS", demo_interval_ms.to_string());
         let mut stack = Stack {
             backend: backend.clone(),

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use localenv::Layout;
 use xshell::{Shell, cmd};
 
-use crate::compose;
+use crate::compose::{self, ComposeBackend};
 use crate::drill;
 use crate::stack::{Stack, writer_image};
 use crate::steps::Steps;
@@ -58,7 +58,8 @@ pub fn run(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
     });
     steps.run("stack up (--wait)", || {
         let image = image.clone().context("no writer image")?;
-        let started = Stack::up(sh, layout, compose::E2E_PROJECT, image, DEMO_INTERVAL_MS)?;
+        let backend = ComposeBackend::e2e(layout);
+        let started = Stack::up(sh, layout, backend, image, DEMO_INTERVAL_MS, true)?;
         let figure = started.describe();
         stack = Some(started);
         Ok(figure)
