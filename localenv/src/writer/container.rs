@@ -32,6 +32,12 @@ pub const IMAGE_VAR: &str = "PONIX_TEST_WRITER_IMAGE";
 /// `docker ps -a --filter label=ponix.test=writer`.
 pub const LABEL: &str = "ponix.test=writer";
 
+/// Names the run that started a container (`ponix.test.run=<value>` label), so that
+/// the run can remove its containers after an interrupt killed the tests before
+/// their handles dropped: `cargo xtask e2e --backend compose` sets it.
+pub const RUN_VAR: &str = "PONIX_TEST_WRITER_RUN";
+pub const RUN_LABEL: &str = "ponix.test.run";
+
 /// How long `docker logs -f` may take to deliver the last lines after the exit.
 const LOG_DRAIN: Duration = Duration::from_secs(10);
 
@@ -63,7 +69,11 @@ impl Container {
         log: &File,
     ) -> anyhow::Result<Container> {
         let name = unique_name();
-        let run = RunCommand::new(&name, image, args, vars, current_user());
+        let mut run = RunCommand::new(&name, image, args, vars, current_user());
+        if let Ok(id) = std::env::var(RUN_VAR) {
+            run.args
+                .splice(1..1, ["--label".to_owned(), format!("{RUN_LABEL}={id}")]);
+        }
         let output = duct::cmd("docker", &run.args)
             .full_env(run.cli_env())
             .stdin_null()
