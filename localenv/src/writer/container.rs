@@ -29,8 +29,11 @@ use crate::Layout;
 /// The image to run the writer from, in place of the host binary.
 pub const IMAGE_VAR: &str = "PONIX_TEST_WRITER_IMAGE";
 /// The label every such container carries, so that strays can be found:
-/// `docker ps -a --filter label=ponix.test=writer`.
-pub const LABEL: &str = "ponix.test=writer";
+/// `docker ps -a --filter label=ponix.test.writer`.
+pub const LABEL: &str = "ponix.test.writer";
+/// testkit's owner label (the pid of the test process): its sweep removes the
+/// containers of test processes that died without dropping their handles.
+const OWNER_LABEL: &str = "ponix.test";
 
 /// Names the run that started a container (`ponix.test.run=<value>` label), so that
 /// the run can remove its containers after an interrupt killed the tests before
@@ -69,7 +72,7 @@ impl Container {
         log: &File,
     ) -> anyhow::Result<Container> {
         let name = unique_name();
-        let mut run = RunCommand::new(&name, image, args, vars, current_user());
+        let mut run = RunCommand::new(&name, image, args, vars, current_user(), std::process::id());
         if let Ok(id) = std::env::var(RUN_VAR) {
             run.args
                 .splice(1..1, ["--label".to_owned(), format!("{RUN_LABEL}={id}")]);
@@ -268,6 +271,7 @@ impl RunCommand {
         args: &[&str],
         vars: &[(String, String)],
         user: Option<(u32, u32)>,
+        owner: u32,
     ) -> RunCommand {
         let goose = Layout::workspace().goose();
         let values: Vec<(String, String)> = vars
@@ -279,18 +283,15 @@ impl RunCommand {
             })
             .cloned()
             .collect();
-        let mut run: Vec<String> = [
-            "run",
-            "--detach",
-            "--network",
-            "host",
-            "--name",
-            name,
-            "--label",
-            LABEL,
-        ]
-        .map(str::to_owned)
-        .into();
+        let mut run: Vec<String> = ["run", "--detach", "--network", "host", "--name", name]
+            .map(str::to_owned)
+            .into();
+        run.extend([
+            "--label".to_owned(),
+            format!("{LABEL}=true"),
+            "--label".to_owned(),
+            format!("{OWNER_LABEL}={owner}"),
+        ]);
         if let Some((uid, gid)) = user {
             run.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
         }
@@ -346,6 +347,7 @@ mod tests {
             &["migrate"],
             &vars(&[("PONIX_NATS_URL", "nats://127.0.0.1:4222")]),
             Some((1000, 1001)),
+            4242,
         );
         assert_eq!(
             run.args,
@@ -357,7 +359,9 @@ mod tests {
                 "--name",
                 "w1",
                 "--label",
-                LABEL,
+                "ponix.test.writer=true",
+                "--label",
+                "ponix.test=4242",
                 "--user",
                 "1000:1001",
                 "--env",
@@ -380,6 +384,7 @@ mod tests {
             &[],
             &vars(&[("PONIX_CLICKHOUSE_PASSWORD", "Sup3rS3cret")]),
             None,
+            1,
         );
         assert!(
             !run.args.iter().any(|arg| arg.contains("Sup3rS3cret")),
@@ -410,6 +415,7 @@ mod tests {
                 ),
             ]),
             None,
+            1,
         );
         let mounts: Vec<&String> = run
             .args
@@ -446,6 +452,7 @@ mod tests {
             &[],
             &vars(&[("PONIX_CLICKHOUSE_GOOSE_BINARY_PATH", &script)]),
             None,
+            1,
         );
         assert!(run.args.contains(&format!(
             "type=bind,source={script},target={script},readonly"
