@@ -1,7 +1,9 @@
 //! `cargo xtask dev`: the whole pipeline running locally, for a newcomer to watch.
 //!
-//! Infrastructure up (compose where a Docker engine answers, local processes
-//! otherwise), then the writer, which runs the migrations and its demo producer.
+//! Infrastructure up (compose where a Docker engine answers and the compose plugin
+//! is installed, local processes otherwise; `--backend` chooses), then the writer,
+//! which runs the migrations and its demo producer: a host process, or the stack's
+//! container.
 //! Every few seconds a line shows the rows stored so far, queried from
 //! ClickHouse. Ctrl-C stops the writer gracefully and tears everything down.
 
@@ -10,13 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use localenv::Layout;
 use localenv::local::{Engine, Running};
-use localenv::net::{http_get, http_post_with_headers};
+use localenv::net::http_get;
 use localenv::writer::{Log, WriterProcess};
 use xshell::{Shell, cmd};
 
 use crate::choices::Backend;
 use crate::compose::{self, ComposeBackend};
 use crate::flags;
+use crate::stack::{RowCounter, Stack, writer_image};
 use crate::tools;
 
 /// How often the row count is printed.
@@ -25,13 +28,15 @@ const REPORT_EVERY: Duration = Duration::from_secs(3);
 const UNTIL_ROWS_DEADLINE: Duration = Duration::from_secs(120);
 const DEFAULT_INTERVAL_MS: u64 = 200;
 
-/// The backend to run on: the one asked for; with none, compose where a Docker
-/// engine answers, else local processes.
-pub fn choose_backend(choice: Option<Backend>) -> Backend {
+/// The backend to run on, and why: the one asked for; with none, compose where a
+/// Docker engine answers and compose is installed, else local processes.
+pub fn choose_backend(choice: Option<Backend>) -> (Backend, &'static str) {
     match choice {
-        Some(backend) => backend,
-        None if compose::docker_engine_available() => Backend::Compose,
-        None => Backend::Local,
+        Some(backend) => (backend, "chosen with --backend"),
+        None => match compose::default_backend_reason() {
+            (true, why) => (Backend::Compose, why),
+            (false, why) => (Backend::Local, why),
+        },
     }
 }
 
@@ -39,8 +44,12 @@ impl flags::Dev {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
-        let backend = choose_backend(self.backend);
-        eprintln!("backend: {backend:?}");
+        let (backend, why) = choose_backend(self.backend);
+        let name = match backend {
+            Backend::Compose => "compose",
+            Backend::Local => "local processes",
+        };
+        eprintln!("backend: {name} ({why}; `--backend local|compose` chooses)");
         match backend {
             Backend::Local => self.run_local(sh, &layout),
             Backend::Compose => self.run_compose(sh, &layout),
@@ -97,42 +106,39 @@ impl flags::Dev {
     }
 
     fn run_compose(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
-        let stack = ComposeBackend::dev(layout);
-        let up = stack.up_stack_args();
-        eprintln!("starting the compose stack (nats, clickhouse, writer) ...");
-        let started = cmd!(sh, "docker {up...}")
-            .run()
-            .context("`docker compose up` failed");
-        let result = started.and_then(|()| {
-            println!(
-                "\n  NATS         {} (monitoring {})\n  ClickHouse   {}\n  writer       {}/healthz\n\
-                 \nPress Ctrl-C to stop and tear everything down.\n",
-                compose::NATS_URL,
-                compose::NATS_MONITOR_URL,
-                compose::CLICKHOUSE_URL,
-                compose::WRITER_URL
-            );
-            let settings = compose::load_settings(&layout.root)?;
-            let clickhouse = RowCounter {
-                port: port_of(compose::CLICKHOUSE_URL)?,
-                credentials: Some((
-                    settings
-                        .get("PONIX_CLICKHOUSE_USERNAME")
-                        .cloned()
-                        .unwrap_or_default(),
-                    settings
-                        .get("PONIX_CLICKHOUSE_PASSWORD")
-                        .cloned()
-                        .unwrap_or_default(),
-                )),
-            };
-            let writer_port = port_of(compose::WRITER_URL)?;
-            watch_rows_until_interrupted(&clickhouse, writer_port, self.until_rows, || Ok(()))
+        let image = writer_image(sh, layout)?;
+        let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+        eprintln!("starting the compose stack (nats, clickhouse, writer {image}) ...");
+        let mut stack = Stack::up(
+            sh,
+            layout,
+            ComposeBackend::dev(layout),
+            image,
+            interval,
+            false,
+        )?;
+        let published = stack.published;
+        println!(
+            "\nponix-writer is running in its container with its demo producer (one envelope \
+             every {interval} ms).\n\n  NATS         {} (monitoring {})\n  ClickHouse   {}  \
+             (database ponix, table processed_envelopes)\n  writer       {}/healthz  /readyz  \
+             /metrics\n  logs         docker compose -p {} logs -f\n\
+             \nPress Ctrl-C to stop and tear everything down.\n",
+            published.nats_url(),
+            published.nats_monitor_url(),
+            published.clickhouse_url(),
+            published.writer_url(),
+            compose::DEV_PROJECT,
+        );
+        let result = RowCounter::for_compose(layout, published.clickhouse).and_then(|counter| {
+            watch_rows_until_interrupted(&counter, published.writer, self.until_rows, || Ok(()))
         });
         if result.is_err() {
-            let _ = stack.save_logs(sh, layout);
+            let _ = stack.backend.save_logs(sh, layout);
         }
+        eprintln!("tearing down ...");
         stack.down(sh)?;
+        eprintln!("stopped; nothing is left running");
         result
     }
 }
@@ -209,60 +215,13 @@ fn watch_rows_until_interrupted(
     Ok(())
 }
 
-/// Counts the stored rows over ClickHouse's HTTP interface.
-struct RowCounter {
-    port: u16,
-    /// The compose stack's ClickHouse has a user of its own; the local one is open.
-    credentials: Option<(String, String)>,
-}
-
-impl RowCounter {
-    fn stored_rows(&self) -> anyhow::Result<u64> {
-        let headers: Vec<(&str, &str)> = match &self.credentials {
-            Some((user, password)) => vec![
-                ("X-ClickHouse-User", user.as_str()),
-                ("X-ClickHouse-Key", password.as_str()),
-            ],
-            None => Vec::new(),
-        };
-        // FINAL: a redelivered message's second copy is not yet merged away.
-        let response = http_post_with_headers(
-            self.port,
-            "/?database=ponix",
-            &headers,
-            "SELECT count() FROM processed_envelopes FINAL",
-        )
-        .context("counting the stored rows")?;
-        if response.status != 200 {
-            bail!("counting the stored rows: {}", response.body.trim());
-        }
-        response
-            .body
-            .trim()
-            .parse()
-            .context("parsing the row count")
-    }
-}
-
-fn port_of(url: &str) -> anyhow::Result<u16> {
-    url.rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .with_context(|| format!("no port in {url}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backend_flag_is_validated() {
-        assert_eq!(choose_backend(Some(Backend::Local)), Backend::Local);
-    }
-
-    #[test]
-    fn ports_come_from_the_published_urls() {
-        assert_eq!(port_of(compose::CLICKHOUSE_URL).unwrap(), 8123);
-        assert_eq!(port_of(compose::WRITER_URL).unwrap(), 8080);
+    fn the_backend_flag_wins_over_the_probe() {
+        assert_eq!(choose_backend(Some(Backend::Local)).0, Backend::Local);
+        assert_eq!(choose_backend(Some(Backend::Compose)).0, Backend::Compose);
     }
 }

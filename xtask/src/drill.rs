@@ -70,7 +70,7 @@ impl flags::Drill {
                 layout.migrations_dir().display().to_string(),
             ),
         ];
-        let figure = run_drills(sh, &layout, &env, messages, &selected)?;
+        let figure = run_drills(&layout, &env, messages, &selected)?;
         println!("\ndrill: {figure}");
         Ok(())
     }
@@ -79,16 +79,41 @@ impl flags::Drill {
 /// Every drill with `messages` envelopes each, as an e2e step: prints the table and
 /// returns the step's key figure; fails if any drill failed.
 pub fn run_all(
-    sh: &Shell,
     layout: &Layout,
     env: &[(&'static str, String)],
     messages: u64,
 ) -> anyhow::Result<String> {
-    run_drills(sh, layout, env, messages, DRILLS)
+    run_drills(layout, env, messages, DRILLS)
+}
+
+/// The harness (libtest-mimic) takes one name filter but many `--skip`s: a subset
+/// is every other drill skipped.
+fn filter_args(selected: &[&str]) -> Vec<String> {
+    match selected {
+        [one] => vec!["--exact".into(), (*one).to_owned()],
+        _ if selected == DRILLS => Vec::new(),
+        _ => std::iter::once("--exact".to_owned())
+            .chain(
+                DRILLS
+                    .iter()
+                    .filter(|drill| !selected.contains(drill))
+                    .flat_map(|drill| ["--skip".to_owned(), (*drill).to_owned()]),
+            )
+            .collect(),
+    }
+}
+
+/// The drills named in `selected` only (the compose pass's), like [`run_all`].
+pub fn run_some(
+    layout: &Layout,
+    env: &[(&'static str, String)],
+    messages: u64,
+    selected: &[&str],
+) -> anyhow::Result<String> {
+    run_drills(layout, env, messages, selected)
 }
 
 fn run_drills(
-    _sh: &Shell,
     layout: &Layout,
     env: &[(&'static str, String)],
     messages: u64,
@@ -107,9 +132,7 @@ fn run_drills(
             "--",
         ])
         .arg("--test-threads=1");
-    if let [one] = selected {
-        cargo.args(["--exact", one]);
-    }
+    cargo.args(filter_args(selected));
     cargo.envs(env.iter().map(|(key, value)| (*key, value)));
     cargo
         .env("PONIX_DRILLS", "1")
@@ -214,6 +237,22 @@ fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subset_of_drills_is_the_rest_skipped() {
+        assert_eq!(filter_args(&["poison"]), ["--exact", "poison"]);
+        assert!(filter_args(DRILLS).is_empty());
+        let args = filter_args(&["clickhouse-down", "writer-kill"]);
+        assert_eq!(args[0], "--exact");
+        let skipped: Vec<&String> = args.iter().skip(2).step_by(2).collect();
+        assert_eq!(skipped.len(), DRILLS.len() - 2);
+        assert!(
+            !skipped
+                .iter()
+                .any(|d| *d == "clickhouse-down" || *d == "writer-kill")
+        );
+        assert!(args.iter().skip(1).step_by(2).all(|flag| flag == "--skip"));
+    }
 
     const OUTPUT: &str = "running 2 tests\n\
         test poison ... drill poison: 1000 messages\n\

@@ -24,7 +24,7 @@ xflags::xflags! {
 
         /// Run every check end to end against real NATS and ClickHouse (the README's test command).
         cmd e2e {
-            /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
+            /// `local` processes (default: every check) or `compose` (the stack with the writer in its container: pipeline, snapshots, compose-fault drills).
             optional --backend backend: Backend
             /// ClickHouse engine for the local backend: `chdb` or `server`.
             optional --clickhouse engine: Engine
@@ -60,7 +60,7 @@ xflags::xflags! {
 
         /// Run the pipeline locally: infrastructure, migrations, the writer and its demo producer.
         cmd dev {
-            /// `compose` (needs a Docker engine) or `local` processes; default: compose where Docker answers.
+            /// `compose` (needs a Docker engine and the compose plugin) or `local` processes; default: compose where both answer.
             optional --backend backend: Backend
             /// ClickHouse engine for the local backend: `chdb` or `server`.
             optional --clickhouse engine: Engine

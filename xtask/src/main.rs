@@ -17,6 +17,7 @@ mod fuzz;
 mod image;
 mod lint;
 mod pins;
+mod stack;
 mod steps;
 #[cfg(test)]
 mod tidy;

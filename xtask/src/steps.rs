@@ -1,7 +1,7 @@
 //! A sequence of named steps with a summary table, for `e2e` and `drill`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -154,34 +154,52 @@ pub fn run_teed(command: Command) -> anyhow::Result<String> {
 }
 
 /// Like [`run_teed`], but a failing command is not an error: returns whether it
-/// succeeded, with its output.
-pub fn run_showing_output(mut command: Command) -> anyhow::Result<(bool, String)> {
+/// succeeded, with its output. Its stderr is merged into its stdout, so that the
+/// lines are shown (on our stdout) in the order the command wrote them.
+pub fn run_showing_output(command: Command) -> anyhow::Result<(bool, String)> {
     let description = format!("{command:?}");
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let reader = expression(&command)
+        .stdin_null()
+        .stderr_to_stdout()
+        .unchecked()
+        .reader()
         .with_context(|| format!("starting {description}"))?;
-    let stderr = child.stderr.take().context("no stderr pipe")?;
-    let stderr_thread = std::thread::spawn(move || {
-        let mut captured = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            captured.push_str(&line);
-            captured.push('\n');
-        }
-        captured
-    });
     let mut captured = String::new();
-    for line in BufReader::new(child.stdout.take().context("no stdout pipe")?).lines() {
-        let line = line?;
-        println!("{line}");
-        captured.push_str(&line);
-        captured.push('\n');
+    let mut lines = BufReader::new(&reader);
+    let mut line = Vec::new();
+    while lines
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("reading the output of {description}"))?
+        > 0
+    {
+        let text = String::from_utf8_lossy(&line);
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        captured.push_str(&text);
+        line.clear();
     }
-    captured.push_str(&stderr_thread.join().unwrap_or_default());
-    let status = child.wait()?;
-    Ok((status.success(), captured))
+    let status = reader
+        .try_wait()
+        .with_context(|| format!("waiting for {description}"))?
+        .map(|output| output.status.success())
+        .with_context(|| format!("{description} closed its output but did not exit"))?;
+    Ok((status, captured))
+}
+
+/// The duct expression for a `Command`: its program, arguments, directory and
+/// environment changes.
+fn expression(command: &Command) -> duct::Expression {
+    let mut expression = duct::cmd(command.get_program(), command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        expression = expression.dir(dir);
+    }
+    for (key, value) in command.get_envs() {
+        expression = match value {
+            Some(value) => expression.env(key, value),
+            None => expression.env_remove(key),
+        };
+    }
+    expression
 }
 
 /// Sums libtest's `test result:` lines: (passed, failed, ignored).
@@ -235,5 +253,21 @@ mod tests {
         assert!(!ran_third);
         assert!(steps.failed());
         assert!(steps.finish().is_err());
+    }
+
+    #[test]
+    fn the_tee_captures_both_streams_in_order_with_the_status() {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo \"$GREETING\"; echo err >&2; echo last; exit 3"])
+            .env("GREETING", "hello")
+            .current_dir("/");
+        let (success, output) = run_showing_output(command).unwrap();
+        assert!(!success);
+        assert_eq!(output, "hello\nerr\nlast\n");
+        let ok = run_teed(Command::new("true")).unwrap();
+        assert_eq!(ok, "");
+        assert!(run_teed(Command::new("false")).is_err());
+        assert!(run_showing_output(Command::new("/nonexistent/program")).is_err());
     }
 }

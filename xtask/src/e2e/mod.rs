@@ -1,5 +1,11 @@
 //! `cargo xtask e2e`: everything, end to end, against real NATS and ClickHouse.
 //! This is the README's test command and what `.ci/run` calls.
+//!
+//! `--backend local` (the default) runs every check against local processes;
+//! `--backend compose` runs the short compose pass ([`compose_pass`]): the stack
+//! from docker/compose.yaml, the writer in its container.
+
+mod compose_pass;
 
 use std::process::Command;
 
@@ -10,8 +16,6 @@ use xshell::Shell;
 
 use crate::bench;
 use crate::choices::{Backend, Payload};
-use crate::compose::{self, ComposeBackend};
-use crate::dev::choose_backend;
 use crate::drill;
 use crate::flags;
 use crate::fuzz;
@@ -23,6 +27,22 @@ impl flags::E2e {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
+        // Not chosen by whether Docker answers: the two passes check different
+        // things, and .ci/run runs both.
+        match self.backend.unwrap_or(Backend::Local) {
+            Backend::Local => {
+                eprintln!("backend: local processes (`--backend compose` runs the compose pass)");
+                self.run_local(sh, &layout)
+            }
+            Backend::Compose => {
+                eprintln!("backend: compose (docker/compose.yaml, the writer in its container)");
+                compose_pass::run(sh, &layout)
+            }
+        }
+    }
+
+    fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
+        let layout = layout.clone();
         let mut steps = Steps::new("e2e");
         let mut infra: Option<Infra> = None;
 
@@ -45,7 +65,7 @@ impl flags::E2e {
             Ok("tags and commands printed above".into())
         });
         steps.run("infrastructure up", || {
-            let started = Infra::start(sh, &layout, &self)?;
+            let started = Infra::start(&layout, self)?;
             let figure = started.describe();
             infra = Some(started);
             Ok(figure)
@@ -66,7 +86,7 @@ impl flags::E2e {
         steps.run("struct-json round-trips", || package_test("roundtrip"));
         steps.run("pipeline", || package_test("pipeline"));
         steps.run("drills", || {
-            drill::run_all(sh, &layout, &env()?, DRILL_MESSAGES)
+            drill::run_all(&layout, &env()?, DRILL_MESSAGES)
         });
         steps.run("fuzz (short run)", || {
             fuzz::short_run(sh, &layout, FUZZ_SECONDS)
@@ -74,9 +94,9 @@ impl flags::E2e {
 
         if let Some(mut infra) = infra.take() {
             if steps.failed() {
-                infra.dump_logs(sh, &layout);
+                local::dump_logs(&layout);
             }
-            steps.run_always("teardown", || infra.teardown(sh));
+            steps.run_always("teardown", || infra.teardown());
         }
         // After teardown: the bench starts a fresh local environment of its own.
         steps.run("bench (smoke run)", || {
@@ -95,100 +115,29 @@ impl flags::E2e {
     }
 }
 
-/// The infrastructure e2e runs against: local processes, or a compose project.
-enum Infra {
-    Local(Running),
-    Compose {
-        backend: ComposeBackend,
-        torn_down: bool,
-    },
-}
+/// The local processes the local pass runs against.
+struct Infra(Running);
 
 impl Infra {
-    fn start(sh: &Shell, layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
-        match choose_backend(flags.backend) {
-            Backend::Local => {
-                let engine = Engine::choose(flags.clickhouse)?;
-                Ok(Infra::Local(Running::start(layout, engine, false)?))
-            }
-            Backend::Compose => {
-                let backend = ComposeBackend::e2e(layout);
-                // Built before `up`, so that a failed start is torn down too.
-                let mut infra = Infra::Compose {
-                    backend: backend.clone(),
-                    torn_down: false,
-                };
-                if let Err(err) = backend.up(sh, compose::INFRA_SERVICES) {
-                    infra.dump_logs(sh, layout);
-                    let _ = infra.teardown(sh);
-                    return Err(err);
-                }
-                Ok(infra)
-            }
-        }
+    fn start(layout: &Layout, flags: &flags::E2e) -> anyhow::Result<Infra> {
+        let engine = Engine::choose(flags.clickhouse)?;
+        Ok(Infra(Running::start(layout, engine, false)?))
     }
 
     fn describe(&self) -> String {
-        match self {
-            Infra::Local(running) => format!(
-                "local: {} {}",
-                running.endpoints.nats_url(),
-                running.endpoints.clickhouse_url()
-            ),
-            Infra::Compose { backend, .. } => {
-                format!(
-                    "compose project {}: {} {}",
-                    backend.project,
-                    compose::NATS_URL,
-                    compose::CLICKHOUSE_URL
-                )
-            }
-        }
+        format!(
+            "local: {} {}",
+            self.0.endpoints.nats_url(),
+            self.0.endpoints.clickhouse_url()
+        )
     }
 
     fn env_vars(&self, layout: &Layout) -> anyhow::Result<Vec<(&'static str, String)>> {
-        match self {
-            Infra::Local(running) => Ok(running.endpoints.env_vars(layout)),
-            Infra::Compose { backend, .. } => backend.env_vars(layout),
-        }
+        Ok(self.0.endpoints.env_vars(layout))
     }
 
-    fn dump_logs(&self, sh: &Shell, layout: &Layout) {
-        if let Infra::Compose { backend, .. } = self
-            && let Err(err) = backend.save_logs(sh, layout)
-        {
-            eprintln!("collecting the compose logs failed: {err:#}");
-        }
-        // Writers started by the tests log under .tools/logs with either backend.
-        local::dump_logs(layout);
-    }
-
-    fn teardown(&mut self, sh: &Shell) -> anyhow::Result<String> {
-        match self {
-            Infra::Local(running) => Ok(format!("stopped {}", running.teardown()?.join(", "))),
-            Infra::Compose { backend, torn_down } => {
-                *torn_down = true;
-                backend.down(sh)?;
-                Ok(format!(
-                    "compose project {} removed with its volumes",
-                    backend.project
-                ))
-            }
-        }
-    }
-}
-
-impl Drop for Infra {
-    fn drop(&mut self) {
-        // Local teardown is `Running`'s own drop guard; compose needs a shell.
-        if let Infra::Compose {
-            backend,
-            torn_down: false,
-        } = self
-            && let Ok(sh) = Shell::new()
-        {
-            let _ = backend.down(&sh);
-        }
+    fn teardown(&mut self) -> anyhow::Result<String> {
+        Ok(format!("stopped {}", self.0.teardown()?.join(", ")))
     }
 }
 

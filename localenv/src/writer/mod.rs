@@ -8,6 +8,12 @@
 //!
 //! Everything here either returns at once or blocks with a deadline; async callers
 //! poll [`WriterProcess::readiness`] and [`WriterProcess::try_exit`] themselves.
+//!
+//! With `PONIX_TEST_WRITER_IMAGE` set, the same handle runs the writer's container
+//! image instead of the binary ([`container`]): signals become `docker kill`, the exit
+//! status is the container's exit code, and the log is the container's output.
+
+pub mod container;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -42,8 +48,9 @@ pub enum Readiness {
     NotYet(String),
 }
 
-/// What the kernel accounted to the writer over its life. `cpu` is `None` where
-/// procfs cannot tell (not Linux).
+/// What the kernel accounted to the writer over its life. `None` where procfs cannot
+/// tell (not Linux, or a container whose process the host cannot see). In a container
+/// the CPU time is the last one read while it ran.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
     pub cpu: Option<Duration>,
@@ -53,13 +60,23 @@ pub struct Usage {
 
 /// One running (or exited, not yet dropped) `ponix-writer`.
 pub struct WriterProcess {
-    child: Child,
+    runner: Runner,
+    /// The process as the host sees it; 0 for a container the host cannot see into.
     pid: u32,
     http_port: u16,
     log: PathBuf,
     started: Instant,
     exit: Option<(ExitStatus, Usage)>,
     peak_rss_bytes: Option<u64>,
+    /// The CPU time last read while it ran (a container's process is reaped by its
+    /// shim, so there is no zombie to read it from at the end).
+    last_cpu: Option<Duration>,
+}
+
+/// How the writer runs.
+enum Runner {
+    Host(Child),
+    Container(Box<container::Container>),
 }
 
 impl WriterProcess {
@@ -75,7 +92,8 @@ impl WriterProcess {
     }
 
     /// [`WriterProcess::spawn`] with command-line arguments: a subcommand such as
-    /// `migrate`.
+    /// `migrate`. With `PONIX_TEST_WRITER_IMAGE` set, runs that image instead of
+    /// `binary`.
     pub fn spawn_with_args<K: AsRef<str>, V: AsRef<str>>(
         binary: &Path,
         args: &[&str],
@@ -94,6 +112,24 @@ impl WriterProcess {
             .truncate(mode == Log::Truncate)
             .open(log)
             .with_context(|| format!("opening the writer's log {}", log.display()))?;
+        if let Some(image) = container::image_from_env() {
+            let mut all: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+                .collect();
+            all.push(("PONIX_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")));
+            let container = container::Container::start(&image, args, &all, &log_file)?;
+            return Ok(WriterProcess {
+                pid: container.host_pid().unwrap_or(0),
+                runner: Runner::Container(Box::new(container)),
+                http_port,
+                log: log.to_owned(),
+                started: Instant::now(),
+                exit: None,
+                peak_rss_bytes: None,
+                last_cpu: None,
+            });
+        }
         let mut command = command(binary, std::env::vars_os(), vars, http_port);
         command
             .args(args)
@@ -108,17 +144,27 @@ impl WriterProcess {
         })?;
         Ok(WriterProcess {
             pid: child.id(),
-            child,
+            runner: Runner::Host(child),
             http_port,
             log: log.to_owned(),
             started: Instant::now(),
             exit: None,
             peak_rss_bytes: None,
+            last_cpu: None,
         })
     }
 
+    /// The host pid (0 for a container whose process the host cannot see).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// What the errors call it: its pid, or its container.
+    fn who(&self) -> String {
+        match &self.runner {
+            Runner::Host(_) => format!("pid {}", self.pid),
+            Runner::Container(container) => format!("container {}", container.name()),
+        }
     }
 
     pub fn http_port(&self) -> u16 {
@@ -140,11 +186,25 @@ impl WriterProcess {
             return Ok(Some(status));
         }
         self.note_peak_rss();
-        if !self.has_exited()? {
-            return Ok(None);
-        }
-        let cpu = process::cpu_seconds(&self.pid.to_string()).map(Duration::from_secs_f64);
-        let status = self.child.wait().context("reaping the writer")?;
+        let (status, cpu) = match &mut self.runner {
+            Runner::Host(child) => {
+                if !has_exited(child)? {
+                    return Ok(None);
+                }
+                let cpu = process::cpu_seconds(&self.pid.to_string()).map(Duration::from_secs_f64);
+                (child.wait().context("reaping the writer")?, cpu)
+            }
+            Runner::Container(container) => {
+                if self.pid != 0 {
+                    let cpu = process::cpu_seconds(&self.pid.to_string());
+                    self.last_cpu = cpu.map(Duration::from_secs_f64).or(self.last_cpu);
+                }
+                match container.try_exit()? {
+                    Some(status) => (status, self.last_cpu),
+                    None => return Ok(None),
+                }
+            }
+        };
         let usage = Usage {
             cpu,
             peak_rss_bytes: self.peak_rss_bytes,
@@ -206,7 +266,7 @@ impl WriterProcess {
     /// A scrape of `/metrics`.
     pub fn metrics(&self) -> anyhow::Result<String> {
         let response = net::http_get(self.http_port, "/metrics")
-            .with_context(|| format!("scraping the writer's /metrics (pid {})", self.pid))?;
+            .with_context(|| format!("scraping the writer's /metrics ({})", self.who()))?;
         Ok(response.body)
     }
 
@@ -222,7 +282,7 @@ impl WriterProcess {
             .context("ponix-writer did not stop after SIGTERM")
     }
 
-    /// SIGKILL, as a crash would, and reaps the process.
+    /// SIGKILL, as a crash would (`docker kill` for a container), and reaps the process.
     pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal(Signal::SIGKILL)?;
         self.wait_exit(Duration::from_secs(10))
@@ -245,8 +305,8 @@ impl WriterProcess {
     /// The error for a writer that did not exit within `timeout`.
     pub fn still_running_error(&self, timeout: Duration) -> String {
         format!(
-            "ponix-writer (pid {}) did not exit within {timeout:?}; its log ends with:\n{}",
-            self.pid,
+            "ponix-writer ({}) did not exit within {timeout:?}; its log ends with:\n{}",
+            self.who(),
             self.log_tail(TAIL)
         )
     }
@@ -261,40 +321,52 @@ impl WriterProcess {
         if self.try_exit()?.is_some() {
             return Ok(());
         }
-        // Our unreaped child: the pid cannot have been recycled.
-        process::signal(self.pid, signal as i32)
-            .with_context(|| format!("sending {signal} to ponix-writer (pid {})", self.pid))
+        match &mut self.runner {
+            // Our unreaped child: the pid cannot have been recycled.
+            Runner::Host(_) => process::signal(self.pid, signal as i32)
+                .with_context(|| format!("sending {signal} to ponix-writer (pid {})", self.pid)),
+            Runner::Container(container) => {
+                container.signal(signal.as_str().trim_start_matches("SIG"))
+            }
+        }
     }
 
     /// `VmHWM` is gone once the process is a zombie, so it is read on every look.
     fn note_peak_rss(&mut self) {
+        if self.pid == 0 {
+            return;
+        }
         if let Some(bytes) = peak_rss_bytes(self.pid) {
             self.peak_rss_bytes = Some(bytes);
         }
     }
+}
 
-    /// True once the process has ended, without reaping it (`WNOWAIT`), so that its
-    /// zombie's CPU times can still be read.
-    #[cfg(target_os = "linux")]
-    fn has_exited(&mut self) -> anyhow::Result<bool> {
-        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        let status = waitid(Id::Pid(nix::unistd::Pid::from_raw(self.pid as i32)), flags)
-            .context("asking whether the writer has exited")?;
-        Ok(!matches!(status, WaitStatus::StillAlive))
-    }
+/// True once the process has ended, without reaping it (`WNOWAIT`), so that its
+/// zombie's CPU times can still be read.
+#[cfg(target_os = "linux")]
+fn has_exited(child: &mut Child) -> anyhow::Result<bool> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let status = waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(child.id() as i32)),
+        flags,
+    )
+    .context("asking whether the writer has exited")?;
+    Ok(!matches!(status, WaitStatus::StillAlive))
+}
 
-    #[cfg(not(target_os = "linux"))]
-    fn has_exited(&mut self) -> anyhow::Result<bool> {
-        Ok(self.child.try_wait()?.is_some())
-    }
+#[cfg(not(target_os = "linux"))]
+fn has_exited(child: &mut Child) -> anyhow::Result<bool> {
+    Ok(child.try_wait()?.is_some())
 }
 
 impl Drop for WriterProcess {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        // A container removes itself when its handle drops.
+        if let (Runner::Host(child), None) = (&mut self.runner, self.exit) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
