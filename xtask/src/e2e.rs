@@ -11,6 +11,7 @@ use xshell::Shell;
 use crate::bench;
 use crate::choices::{Backend, Payload};
 use crate::compose::{self, ComposeBackend};
+use crate::container_tests;
 use crate::dev::choose_backend;
 use crate::drill;
 use crate::flags;
@@ -63,6 +64,13 @@ impl flags::E2e {
         steps.run("workspace tests", || workspace_tests(&layout, &env()?));
         steps.run("struct-json round-trips", || package_test("roundtrip"));
         steps.run("pipeline", || package_test("pipeline"));
+        // The fault tests once more, their private instances in testcontainers.
+        steps.run("integration tests (containers)", || {
+            if !compose::docker_engine_available() {
+                return Ok("skipped: no Docker engine answers (`docker info`)".into());
+            }
+            container_tests::run(&layout, &env()?, "containers")
+        });
         steps.run("drills", || {
             drill::run_all(sh, &layout, &env()?, DRILL_MESSAGES)
         });

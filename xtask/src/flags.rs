@@ -4,7 +4,7 @@
 
 use localenv::local::Engine;
 
-use crate::choices::{Backend, DrillChoice, Payload, Platforms};
+use crate::choices::{Backend, DrillChoice, Payload, Platforms, TestBackend};
 
 xflags::xflags! {
     src "./src/flags.rs"
@@ -36,6 +36,8 @@ xflags::xflags! {
             required name: DrillChoice
             /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
             optional --messages messages: u64
+            /// Where each drill's NATS and ClickHouse run: `local` processes (default), `containers` (testcontainers) or `compose`.
+            optional --backend backend: TestBackend
         }
 
         /// Measure the writer end to end against the raw JetStream and ClickHouse rates on the same data (local backend, release build).
@@ -142,6 +144,7 @@ pub struct Drill {
     pub name: DrillChoice,
 
     pub messages: Option<u64>,
+    pub backend: Option<TestBackend>,
 }
 
 #[derive(Debug)]

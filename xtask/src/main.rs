@@ -6,6 +6,7 @@
 mod bench;
 mod choices;
 mod compose;
+mod container_tests;
 mod dev;
 mod down;
 mod drill;
