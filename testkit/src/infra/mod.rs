@@ -130,7 +130,8 @@ pub struct Managed {
 #[derive(Debug)]
 enum Flavour {
     Process(process::Local),
-    Container(containers::Container),
+    // Boxed: testcontainers' handle is several times the size of the others.
+    Container(Box<containers::Container>),
     Compose(compose::Service),
 }
 
@@ -154,7 +155,7 @@ impl Managed {
                 Flavour::Process(process::Local::private_nats_with_config(config)?)
             }
             (Backend::Containers, _, _) => {
-                Flavour::Container(containers::Container::start(kind, nats_config)?)
+                Flavour::Container(Box::new(containers::Container::start(kind, nats_config)?))
             }
             (Backend::Compose, _, _) => Flavour::Compose(compose::Service::up(kind, nats_config)?),
         };
@@ -227,7 +228,7 @@ impl Managed {
     fn instance(&self) -> &dyn Instance {
         match &self.instance {
             Flavour::Process(local) => local,
-            Flavour::Container(container) => container,
+            Flavour::Container(container) => container.as_ref(),
             Flavour::Compose(service) => service,
         }
     }
@@ -235,7 +236,7 @@ impl Managed {
     fn instance_mut(&mut self) -> &mut dyn Instance {
         match &mut self.instance {
             Flavour::Process(local) => local,
-            Flavour::Container(container) => container,
+            Flavour::Container(container) => container.as_mut(),
             Flavour::Compose(service) => service,
         }
     }
