@@ -200,7 +200,7 @@ fn run(mut command: Command, args: &[&str]) -> anyhow::Result<String> {
 
 /// The override of one service: see the module's doc for why each line.
 fn override_yaml(kind: Kind, nats_config: Option<&Path>) -> String {
-    let owner = std::process::id();
+    let owner = docker::owner();
     let name = service_name(kind);
     let mut yaml = format!(
         "services:\n  {name}:\n    restart: \"no\"\n    labels:\n      {LABEL}: \"{owner}\"\n"
@@ -318,7 +318,7 @@ mod tests {
         assert!(yaml.contains("CLICKHOUSE_USER: default"), "{yaml}");
         assert!(yaml.contains("restart: \"no\""), "{yaml}");
         assert!(
-            yaml.contains(&format!("ponix.test: \"{}\"", std::process::id())),
+            yaml.contains(&format!("ponix.test: \"testkit-{}\"", std::process::id())),
             "{yaml}"
         );
     }

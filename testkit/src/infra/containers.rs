@@ -7,7 +7,7 @@
 //! testcontainers is async, and its blocking runner would start a runtime inside
 //! the tests' own: every call runs on this module's runtime, from a scoped thread,
 //! so it works from plain threads and from any tokio test alike. The containers
-//! carry the label `ponix.test=<pid>`; Drop removes them (panics included), and the
+//! carry the label `ponix.test=testkit-<pid>`; Drop removes them (panics included), and the
 //! next run sweeps those of a killed binary.
 
 use std::fmt;
@@ -75,7 +75,7 @@ impl Container {
         docker::sweep_stale();
         let images = Images::resolve()?;
         let port = free_port()?;
-        let owner = std::process::id().to_string();
+        let owner = docker::owner();
         let (image, handle) = match kind {
             Kind::ClickHouse => {
                 let (name, tag) = split_reference(&images.clickhouse)?;

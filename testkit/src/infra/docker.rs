@@ -7,15 +7,23 @@ use std::sync::Once;
 
 use anyhow::{Context, bail};
 
-/// The label on every container (and compose project) testkit starts: the pid of
-/// the test binary that owns it.
+/// The label on every container (and compose project) testkit starts, with
+/// [`owner`] as its value. The key is shared with the harness's other test
+/// containers (the writer's are `ponix.test=writer`), so one filter finds them all;
+/// the sweep touches only values it wrote.
 pub(super) const LABEL: &str = "ponix.test";
+const OWNER_PREFIX: &str = "testkit-";
+
+/// The label's value: this test binary's pid.
+pub(super) fn owner() -> String {
+    format!("{OWNER_PREFIX}{}", std::process::id())
+}
 
 /// Prefix of testkit's compose project names: `ponix-t-<pid>-<n>`.
 pub(super) const PROJECT_PREFIX: &str = "ponix-t-";
 
 /// What to run by hand after a test binary was killed mid-run on a container backend
-/// (the next run sweeps them too).
+/// (the next run sweeps testkit's; this removes every test container).
 pub const STALE_CONTAINERS_HINT: &str =
     "docker rm -f -v $(docker ps -aq --filter label=ponix.test)";
 
@@ -100,7 +108,13 @@ fn sweep() -> anyhow::Result<()> {
         let (Some(id), Some(owner)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if owner.parse::<u32>().is_ok_and(alive) {
+        let Some(pid) = owner
+            .strip_prefix(OWNER_PREFIX)
+            .and_then(|pid| pid.parse().ok())
+        else {
+            continue;
+        };
+        if alive(pid) {
             continue;
         }
         match fields
@@ -146,5 +160,11 @@ mod tests {
             None
         );
         assert!(clickhouse_nofile() <= CLICKHOUSE_NOFILE);
+    }
+
+    #[test]
+    fn the_owner_label_names_this_binary() {
+        assert_eq!(owner(), format!("testkit-{}", std::process::id()));
+        assert!(alive(std::process::id()));
     }
 }
