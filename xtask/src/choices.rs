@@ -47,12 +47,16 @@ impl std::str::FromStr for TestBackend {
     type Err = anyhow::Error;
 
     fn from_str(choice: &str) -> anyhow::Result<TestBackend> {
-        [TestBackend::Local, TestBackend::Containers, TestBackend::Compose]
-            .into_iter()
-            .find(|backend| backend.as_str() == choice)
-            .with_context(|| {
-                format!("unknown backend {choice:?}: expected `local`, `containers` or `compose`")
-            })
+        [
+            TestBackend::Local,
+            TestBackend::Containers,
+            TestBackend::Compose,
+        ]
+        .into_iter()
+        .find(|backend| backend.as_str() == choice)
+        .with_context(|| {
+            format!("unknown backend {choice:?}: expected `local`, `containers` or `compose`")
+        })
     }
 }
 
@@ -170,7 +174,11 @@ mod tests {
 
     #[test]
     fn test_backends_parse() {
-        for backend in [TestBackend::Local, TestBackend::Containers, TestBackend::Compose] {
+        for backend in [
+            TestBackend::Local,
+            TestBackend::Containers,
+            TestBackend::Compose,
+        ] {
             assert_eq!(backend.as_str().parse::<TestBackend>().unwrap(), backend);
         }
         let err = "docker".parse::<TestBackend>().unwrap_err().to_string();

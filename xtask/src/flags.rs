@@ -40,6 +40,14 @@ xflags::xflags! {
             optional --backend backend: TestBackend
         }
 
+        /// Run the integration tests and the drills with their private NATS and ClickHouse in containers (needs a Docker engine).
+        cmd test-containers {
+            /// `containers` (testcontainers; default) or `compose` (a compose project per instance).
+            optional --backend backend: TestBackend
+            /// Envelopes per drill (default 2,000).
+            optional --messages messages: u64
+        }
+
         /// Measure the writer end to end against the raw JetStream and ClickHouse rates on the same data (local backend, release build).
         cmd bench {
             /// 100,000 envelopes instead of 1,000,000.
@@ -116,6 +124,7 @@ pub enum XtaskCmd {
     Up(Up),
     E2e(E2e),
     Drill(Drill),
+    TestContainers(TestContainers),
     Bench(Bench),
     Fuzz(Fuzz),
     Dev(Dev),
@@ -145,6 +154,12 @@ pub struct Drill {
 
     pub messages: Option<u64>,
     pub backend: Option<TestBackend>,
+}
+
+#[derive(Debug)]
+pub struct TestContainers {
+    pub backend: Option<TestBackend>,
+    pub messages: Option<u64>,
 }
 
 #[derive(Debug)]

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::E2e(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Image(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Lint(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::TestContainers(cmd) => cmd.run(&sh),
     }
 }
 
