@@ -6,7 +6,8 @@
 //!   tests are reported as ignored, with the command that runs them; under
 //!   `cargo xtask e2e` (`PONIX_REQUIRE_INFRA=1`) missing endpoints fail instead.
 //! - [`infra`]: RAII handles that stop, freeze and restart ClickHouse and NATS,
-//!   either private instances a test starts for itself or the shared ones.
+//!   either private instances a test starts for itself (local processes, or
+//!   containers with `PONIX_TEST_BACKEND=containers|compose`) or the shared ones.
 //! - [`pki`]: certificates made at test time, and an HTTPS probe.
 //! - [`snapshot`]: the insta settings with the one shared redaction table.
 //! - [`strategies`]: the one module of proptest strategies.

@@ -48,6 +48,42 @@ impl std::str::FromStr for ImageSource {
     }
 }
 
+/// `cargo xtask drill --backend`: where testkit starts the drills' private instances
+/// (its `PONIX_TEST_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Local,
+    Containers,
+    Compose,
+}
+
+impl TestBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestBackend::Local => "local",
+            TestBackend::Containers => "containers",
+            TestBackend::Compose => "compose",
+        }
+    }
+}
+
+impl std::str::FromStr for TestBackend {
+    type Err = anyhow::Error;
+
+    fn from_str(choice: &str) -> anyhow::Result<TestBackend> {
+        [
+            TestBackend::Local,
+            TestBackend::Containers,
+            TestBackend::Compose,
+        ]
+        .into_iter()
+        .find(|backend| backend.as_str() == choice)
+        .with_context(|| {
+            format!("unknown backend {choice:?}: expected `local`, `containers` or `compose`")
+        })
+    }
+}
+
 /// `--payload`: the envelope shape the bench publishes (ponix-bench's own flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Payload {
@@ -158,6 +194,19 @@ mod tests {
         assert_eq!("local".parse::<Backend>().unwrap(), Backend::Local);
         assert_eq!("compose".parse::<Backend>().unwrap(), Backend::Compose);
         assert!("kubernetes".parse::<Backend>().is_err());
+    }
+
+    #[test]
+    fn test_backends_parse() {
+        for backend in [
+            TestBackend::Local,
+            TestBackend::Containers,
+            TestBackend::Compose,
+        ] {
+            assert_eq!(backend.as_str().parse::<TestBackend>().unwrap(), backend);
+        }
+        let err = "docker".parse::<TestBackend>().unwrap_err().to_string();
+        assert!(err.contains("`containers`"), "{err}");
     }
 
     #[test]

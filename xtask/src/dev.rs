@@ -106,7 +106,7 @@ impl flags::Dev {
     }
 
     fn run_compose(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
-        let image = writer_image(sh, layout)?;
+        let image = writer_image(sh, layout, None)?;
         let interval = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
         eprintln!("starting the compose stack (nats, clickhouse, writer {image}) ...");
         let mut stack = Stack::up(

@@ -60,7 +60,7 @@ impl flags::Drill {
             DrillChoice::All => DRILLS.to_vec(),
             DrillChoice::One(name) => vec![name],
         };
-        let env = [
+        let mut env = vec![
             (
                 "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
                 layout.goose().display().to_string(),
@@ -70,6 +70,10 @@ impl flags::Drill {
                 layout.migrations_dir().display().to_string(),
             ),
         ];
+        // Unset, testkit reads PONIX_TEST_BACKEND from this environment as it is.
+        if let Some(backend) = self.backend {
+            env.push(("PONIX_TEST_BACKEND", backend.as_str().to_owned()));
+        }
         let figure = run_drills(&layout, &env, messages, &selected)?;
         println!("\ndrill: {figure}");
         Ok(())

@@ -4,7 +4,7 @@
 
 use localenv::local::Engine;
 
-use crate::choices::{Backend, DrillChoice, ImageSource, Payload, Platforms};
+use crate::choices::{Backend, DrillChoice, ImageSource, Payload, Platforms, TestBackend};
 
 xflags::xflags! {
     src "./src/flags.rs"
@@ -35,6 +35,16 @@ xflags::xflags! {
             /// clickhouse-down, clickhouse-hang, nats-restart, nats-failover, writer-kill, poison, schema-drift, backlog, long-outage, replicas, rolling-migration, migration-crash, or all.
             required name: DrillChoice
             /// Envelopes per drill (default 10,000; backlog publishes 20 times as many).
+            optional --messages messages: u64
+            /// Where each drill's NATS and ClickHouse run: `local` processes (default), `containers` (testcontainers) or `compose`.
+            optional --backend backend: TestBackend
+        }
+
+        /// Run the integration tests and the drills with their private NATS and ClickHouse in containers (needs a Docker engine).
+        cmd test-containers {
+            /// `containers` (testcontainers; default) or `compose` (a compose project per instance).
+            optional --backend backend: TestBackend
+            /// Envelopes per drill (default 2,000).
             optional --messages messages: u64
         }
 
@@ -129,6 +139,7 @@ pub enum XtaskCmd {
     Up(Up),
     E2e(E2e),
     Drill(Drill),
+    TestContainers(TestContainers),
     Bench(Bench),
     Fuzz(Fuzz),
     Dev(Dev),
@@ -157,6 +168,13 @@ pub struct E2e {
 pub struct Drill {
     pub name: DrillChoice,
 
+    pub messages: Option<u64>,
+    pub backend: Option<TestBackend>,
+}
+
+#[derive(Debug)]
+pub struct TestContainers {
+    pub backend: Option<TestBackend>,
     pub messages: Option<u64>,
 }
 

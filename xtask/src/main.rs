@@ -6,6 +6,7 @@
 mod bench;
 mod choices;
 mod compose;
+mod container_tests;
 mod dev;
 mod docker;
 mod down;
@@ -53,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         flags::XtaskCmd::Image(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Lint(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Docker(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::TestContainers(cmd) => cmd.run(&sh),
     }
 }
 

@@ -12,12 +12,13 @@ use xshell::{Shell, cmd};
 use crate::compose::{self, ComposeBackend, Published};
 use crate::image;
 
-/// The writer image to run: `PONIX_IMAGE` where set (CI passes the image its image
-/// step built and checked), else a fresh `cargo xtask image` build, by its version
+/// The writer image to run: `built` (e2e's image step built and checked it), else
+/// `PONIX_IMAGE` where set, else a fresh `cargo xtask image` build, by its version
 /// tag. Compose never builds it (`up --no-build`): offline there is no Rust image.
-pub fn writer_image(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
-    let image = match std::env::var("PONIX_IMAGE") {
-        Ok(image) if !image.trim().is_empty() => image,
+pub fn writer_image(sh: &Shell, layout: &Layout, built: Option<String>) -> anyhow::Result<String> {
+    let image = match (built, std::env::var("PONIX_IMAGE")) {
+        (Some(image), _) => image,
+        (None, Ok(image)) if !image.trim().is_empty() => image,
         _ => {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             cmd!(sh, "{cargo} xtask image")

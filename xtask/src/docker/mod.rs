@@ -54,3 +54,15 @@ impl flags::Docker {
         Ok(())
     }
 }
+
+/// What `cargo xtask docker` does with its defaults, as one step of `cargo xtask
+/// e2e`: a no-op past the version checks where `.ci/run` (or a GitHub runner)
+/// already prepared the host. Returns the step's figure.
+pub fn ensure_host(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
+    let pins = Pins::load(layout)?;
+    let engine = engine::ensure(sh, layout).context("making sure a Docker engine answers")?;
+    let compose = plugins::ensure(sh, &pins, &plugins::COMPOSE)?;
+    let buildx = plugins::ensure(sh, &pins, &plugins::BUILDX)?;
+    let images = images::ensure(sh, layout, &pins, ImageSource::Auto)?;
+    Ok(format!("{engine}; {compose}; {buildx}; {images}"))
+}

@@ -42,10 +42,11 @@ const DEMO_DEADLINE: Duration = Duration::from_secs(90);
 /// Tells testkit's Managed instances to run as compose services (dock-tc).
 const TEST_BACKEND_VAR: &str = "PONIX_TEST_BACKEND";
 
-pub fn run(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
-    let mut steps = Steps::new("e2e (compose)");
+/// Adds the compose pass's steps to `steps`. The writer image is `image`, else
+/// `PONIX_IMAGE`, else one `cargo xtask image` builds.
+pub fn add_steps(sh: &Shell, layout: &Layout, steps: &mut Steps, image: Option<String>) {
+    let mut image = image;
     let run_id = format!("{}-{}", std::process::id(), unix_seconds());
-    let mut image = None;
     let mut stack: Option<Stack> = None;
 
     steps.run("tools", || {
@@ -53,7 +54,7 @@ pub fn run(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
         Ok("goose, nats-server, chDB venv".into())
     });
     steps.run("writer image", || {
-        let built = writer_image(sh, layout)?;
+        let built = writer_image(sh, layout, image.take())?;
         let figure = built.clone();
         image = Some(built);
         Ok(figure)
@@ -115,7 +116,6 @@ pub fn run(sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
             ))
         });
     }
-    steps.finish()
 }
 
 fn unix_seconds() -> u64 {

@@ -16,6 +16,7 @@ use xshell::Shell;
 
 use crate::bench;
 use crate::choices::{Backend, Payload};
+use crate::container_tests;
 use crate::drill;
 use crate::flags;
 use crate::fuzz;
@@ -27,23 +28,41 @@ impl flags::E2e {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         localenv::interrupt::install();
         let layout = Layout::new(&sh.current_dir());
-        // Not chosen by whether Docker answers: the two passes check different
-        // things, and .ci/run runs both.
-        match self.backend.unwrap_or(Backend::Local) {
-            Backend::Local => {
-                eprintln!("backend: local processes (`--backend compose` runs the compose pass)");
-                self.run_local(sh, &layout)
+        // Not chosen by whether Docker answers: a test command that quietly skips
+        // half its checks on a machine without Docker would pass for the wrong reason.
+        match self.backend {
+            None => {
+                eprintln!(
+                    "backends: local processes, then compose and testcontainers \
+                     (`--backend local` or `--backend compose` runs one pass)"
+                );
+                let mut steps = Steps::new("e2e");
+                self.local_pass(sh, &layout, &mut steps, true);
+                compose_pass::add_steps(sh, &layout, &mut steps, None);
+                self.closing_steps(sh, &layout, &mut steps);
+                steps.finish()
             }
-            Backend::Compose => {
+            Some(Backend::Local) => {
+                eprintln!("backend: local processes (no Docker needed)");
+                let mut steps = Steps::new("e2e");
+                self.local_pass(sh, &layout, &mut steps, false);
+                self.closing_steps(sh, &layout, &mut steps);
+                steps.finish()
+            }
+            Some(Backend::Compose) => {
                 eprintln!("backend: compose (docker/compose.yaml, the writer in its container)");
-                compose_pass::run(sh, &layout)
+                let mut steps = Steps::new("e2e (compose)");
+                compose_pass::add_steps(sh, &layout, &mut steps, None);
+                steps.finish()
             }
         }
     }
 
-    fn run_local(&self, sh: &Shell, layout: &Layout) -> anyhow::Result<()> {
+    /// Everything against local processes; with `containers`, first the Docker
+    /// host and the writer image (built and checked), and the fault tests once more
+    /// with their private instances in testcontainers.
+    fn local_pass(&self, sh: &Shell, layout: &Layout, steps: &mut Steps, containers: bool) {
         let layout = layout.clone();
-        let mut steps = Steps::new("e2e");
         let mut infra: Option<Infra> = None;
 
         steps.run("tools", || {
@@ -51,6 +70,25 @@ impl flags::E2e {
             Ok("goose, nats-server, chDB venv, linters".into())
         });
         steps.run("deploy-file lint", || lint::run_checks(sh, &layout));
+        if containers {
+            steps.run("docker host", || crate::docker::ensure_host(sh, &layout));
+            steps.run("image (build and checks)", || {
+                let image = flags::Image {
+                    name: None,
+                    registry: None,
+                    platform: None,
+                    push: false,
+                    dry_run: false,
+                    from_host: false,
+                    from_source: false,
+                };
+                image.run(sh)?;
+                Ok(format!(
+                    "ponix-writer:{}: every check passed (table above)",
+                    crate::image::workspace_version(&layout)?
+                ))
+            });
+        }
         steps.run("image plan (dry run)", || {
             let plan = flags::Image {
                 name: None,
@@ -85,20 +123,31 @@ impl flags::E2e {
         steps.run("workspace tests", || workspace_tests(&layout, &env()?));
         steps.run("struct-json round-trips", || package_test("roundtrip"));
         steps.run("pipeline", || package_test("pipeline"));
+        if containers {
+            // The fault tests once more, their private instances in testcontainers.
+            steps.run("integration tests (containers)", || {
+                container_tests::run(&layout, &env()?, "containers")
+            });
+        }
         steps.run("drills", || {
             drill::run_all(&layout, &env()?, DRILL_MESSAGES)
         });
-        steps.run("fuzz (short run)", || {
-            fuzz::short_run(sh, &layout, FUZZ_SECONDS)
-        });
-
         if let Some(mut infra) = infra.take() {
             if steps.failed() {
                 local::dump_logs(&layout);
             }
             steps.run_always("teardown", || infra.teardown());
         }
-        // After teardown: the bench starts a fresh local environment of its own.
+    }
+
+    /// The fuzz run and the bench smoke run, after every pass is torn down (the bench
+    /// starts a fresh local environment of its own).
+    fn closing_steps(&self, sh: &Shell, layout: &Layout, steps: &mut Steps) {
+        let layout = layout.clone();
+        steps.run("fuzz (short run)", || {
+            fuzz::short_run(sh, &layout, FUZZ_SECONDS)
+        });
+
         steps.run("bench (smoke run)", || {
             bench::run_bench(
                 sh,
@@ -111,7 +160,6 @@ impl flags::E2e {
                 },
             )
         });
-        steps.finish()
     }
 }
 

@@ -1,13 +1,9 @@
-//! RAII handles on ClickHouse and NATS processes, for tests and drills that
-//! stop, freeze or restart them.
-//!
-//! A test that breaks its infrastructure should start a private instance
-//! ([`Managed::private_clickhouse`], [`Managed::private_nats`]) so that tests
-//! running beside it are not disturbed. The drills, which own the whole
-//! environment, use the shared processes `cargo xtask up` started
-//! ([`Managed::shared`]). The calls block briefly while they wait for a process
-//! to answer or to exit.
+//! The local-process flavour of [`super::Managed`]: nats-server and the chDB endpoint
+//! started from `.tools`, faults by signals (SIGSTOP/SIGCONT, SIGTERM, SIGKILL). It
+//! is the default backend and the only one for the TLS and secured instances and for
+//! the shared processes of `cargo xtask up`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,29 +15,15 @@ use localenv::local::{self, CLICKHOUSE, DATABASE, NATS, READY_TIMEOUT};
 use localenv::net::{free_port, wait_until};
 use localenv::process::Recorded;
 
+use super::{Instance, Kind};
 use crate::endpoints::{Endpoints, HOW_TO_START};
 use crate::pki::{TestPki, https_request};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Nats,
-    ClickHouse,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Nats => NATS,
-            Kind::ClickHouse => CLICKHOUSE,
-        }
-    }
-}
-
 /// A NATS or ClickHouse process under a test's control.
 #[derive(Debug)]
-pub struct Managed {
+pub(super) struct Local {
     kind: Kind,
     port: u16,
     process: Recorded,
@@ -63,24 +45,18 @@ enum Readiness {
     LogLine,
 }
 
-impl Managed {
-    /// A chDB-backed ClickHouse of the test's own: free port, empty data
-    /// directory, database `ponix` created. Killed and deleted on drop.
-    pub fn private_clickhouse() -> anyhow::Result<Managed> {
+impl Local {
+    pub(super) fn private_clickhouse() -> anyhow::Result<Local> {
         let layout = Layout::workspace();
         let scratch = scratch_dir("clickhouse")?;
         let port = free_port()?;
         let argv = local::chdb_argv(&layout, port, &scratch.join("data"))?;
-        let managed = Managed::spawn_private(Kind::ClickHouse, port, argv, scratch)?;
+        let managed = Local::spawn_private(Kind::ClickHouse, port, argv, scratch)?;
         local::create_database(port, DATABASE)?;
         Ok(managed)
     }
 
-    /// [`Managed::private_clickhouse`] serving HTTPS with `pki`'s server certificate;
-    /// [`Managed::url`] is then `https://127.0.0.1:PORT`. Its readiness probe trusts
-    /// `pki`'s CA and presents its client certificate, so it also passes once
-    /// [`Managed::require_client_certificates`] made them required.
-    pub fn private_clickhouse_tls(pki: &TestPki) -> anyhow::Result<Managed> {
+    pub(super) fn private_clickhouse_tls(pki: &TestPki) -> anyhow::Result<Local> {
         let layout = Layout::workspace();
         let scratch = scratch_dir("clickhouse-tls")?;
         let port = free_port()?;
@@ -94,7 +70,7 @@ impl Managed {
         let probe = Arc::new(pki.client_config(Some(&pki.client))?);
         let log = scratch.join(format!("{CLICKHOUSE}.log"));
         let process = Recorded::spawn(CLICKHOUSE, argv, &scratch, &log)?;
-        let managed = Managed {
+        let managed = Local {
             kind: Kind::ClickHouse,
             port,
             process,
@@ -116,9 +92,7 @@ impl Managed {
         Ok(managed)
     }
 
-    /// Restarts a [`Managed::private_clickhouse_tls`] (same port, same data) so that
-    /// it requires client certificates signed by `pki`'s CA.
-    pub fn require_client_certificates(&mut self, pki: &TestPki) -> anyhow::Result<()> {
+    pub(super) fn require_client_certificates(&mut self, pki: &TestPki) -> anyhow::Result<()> {
         if !matches!(self.readiness, Readiness::Https(_)) {
             bail!("only a ClickHouse serving TLS can require client certificates");
         }
@@ -129,14 +103,11 @@ impl Managed {
         self.start()
     }
 
-    /// Like [`Managed::private_nats_with_config`], for configurations whose clients
-    /// must authenticate in a way the plain probe cannot (TLS with client
-    /// certificates, nkeys, operator mode): ready once the log says `Server is ready`.
-    pub fn private_nats_secured(config: &str) -> anyhow::Result<Managed> {
+    pub(super) fn private_nats_secured(config: &str) -> anyhow::Result<Local> {
         let (scratch, port, argv) = nats_with_config_file(config)?;
         let log = scratch.join(format!("{NATS}.log"));
         let process = Recorded::spawn(NATS, argv, &scratch, &log)?;
-        let managed = Managed {
+        let managed = Local {
             kind: Kind::Nats,
             port,
             process,
@@ -147,33 +118,28 @@ impl Managed {
         Ok(managed)
     }
 
-    /// A JetStream-enabled nats-server of the test's own. Killed and deleted on drop.
-    pub fn private_nats() -> anyhow::Result<Managed> {
+    pub(super) fn private_nats() -> anyhow::Result<Local> {
         let layout = Layout::workspace();
         let scratch = scratch_dir("nats")?;
         let port = free_port()?;
         let argv = local::nats_argv(&layout, port, &scratch.join("store"))?;
-        Managed::spawn_private(Kind::Nats, port, argv, scratch)
+        Local::spawn_private(Kind::Nats, port, argv, scratch)
     }
 
-    /// Like [`Managed::private_nats`], with `config` (nats-server configuration text,
-    /// for example users) as its configuration file; the port, JetStream and store
-    /// flags win over it. The readiness probe connects without credentials, so a
-    /// configuration with users needs a `no_auth_user` the probe can use.
-    pub fn private_nats_with_config(config: &str) -> anyhow::Result<Managed> {
+    pub(super) fn private_nats_with_config(config: &str) -> anyhow::Result<Local> {
         let (scratch, port, argv) = nats_with_config_file(config)?;
-        Managed::spawn_private(Kind::Nats, port, argv, scratch)
+        Local::spawn_private(Kind::Nats, port, argv, scratch)
     }
 
     fn spawn_private(
         kind: Kind,
         port: u16,
-        argv: Vec<std::ffi::OsString>,
+        argv: Vec<OsString>,
         scratch: PathBuf,
-    ) -> anyhow::Result<Managed> {
+    ) -> anyhow::Result<Local> {
         let log = scratch.join(format!("{}.log", kind.name()));
         let process = Recorded::spawn(kind.name(), argv, &scratch, &log)?;
-        let managed = Managed {
+        let managed = Local {
             kind,
             port,
             process,
@@ -184,8 +150,7 @@ impl Managed {
         Ok(managed)
     }
 
-    /// The process `cargo xtask up` started. It is left running on drop.
-    pub fn shared(endpoints: &Endpoints, kind: Kind) -> anyhow::Result<Managed> {
+    pub(super) fn shared(endpoints: &Endpoints, kind: Kind) -> anyhow::Result<Local> {
         let run_dir = endpoints.run_dir.clone().with_context(|| {
             format!("the endpoints were not started by `cargo xtask up`, so their processes cannot be controlled: {HOW_TO_START}")
         })?;
@@ -197,69 +162,13 @@ impl Managed {
             Kind::Nats => endpoints.nats_port()?,
             Kind::ClickHouse => endpoints.clickhouse_port()?,
         };
-        Ok(Managed {
+        Ok(Local {
             kind,
             port,
             process,
             scratch: None,
             readiness: Readiness::Plain,
         })
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn url(&self) -> String {
-        match (self.kind, &self.readiness) {
-            (Kind::Nats, _) => format!("nats://127.0.0.1:{}", self.port),
-            (Kind::ClickHouse, Readiness::Https(_)) => format!("https://127.0.0.1:{}", self.port),
-            (Kind::ClickHouse, _) => format!("http://127.0.0.1:{}", self.port),
-        }
-    }
-
-    /// SIGSTOP: the process keeps its sockets but answers nothing until the guard drops.
-    pub fn freeze(&self) -> anyhow::Result<Frozen<'_>> {
-        self.process.freeze()?;
-        Ok(Frozen { managed: self })
-    }
-
-    /// SIGTERM and wait for exit. The guard starts it again (same port, same
-    /// data) when dropped, or explicitly with [`Stopped::start`].
-    pub fn stop(&mut self) -> anyhow::Result<Stopped<'_>> {
-        self.process.stop(STOP_TIMEOUT)?;
-        Ok(Stopped {
-            managed: Some(self),
-        })
-    }
-
-    /// SIGKILL, as a crash would; the guard restarts it like [`Managed::stop`]'s.
-    pub fn kill(&mut self) -> anyhow::Result<Stopped<'_>> {
-        self.process.kill()?;
-        Ok(Stopped {
-            managed: Some(self),
-        })
-    }
-
-    /// Stop, start again on the same port and data, and wait until it answers.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop()?.start()
-    }
-
-    fn start(&mut self) -> anyhow::Result<()> {
-        if self.process.is_alive() {
-            bail!("{} is already running", self.kind.name());
-        }
-        self.process.restart()?;
-        self.wait_ready()
     }
 
     fn wait_ready(&self) -> anyhow::Result<()> {
@@ -303,58 +212,59 @@ impl Managed {
         }
         Ok(())
     }
+}
 
-    /// The end of the process log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
+impl Instance for Local {
+    fn pid(&self) -> anyhow::Result<u32> {
+        Ok(self.process.pid)
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url(&self) -> String {
+        match (self.kind, &self.readiness) {
+            (Kind::Nats, _) => format!("nats://127.0.0.1:{}", self.port),
+            (Kind::ClickHouse, Readiness::Https(_)) => format!("https://127.0.0.1:{}", self.port),
+            (Kind::ClickHouse, _) => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn freeze(&self) -> anyhow::Result<()> {
+        self.process.freeze()
+    }
+
+    fn resume(&self) -> anyhow::Result<()> {
+        self.process.resume()
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.process.stop(STOP_TIMEOUT)
+    }
+
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.kill()
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        if self.process.is_alive() {
+            bail!("{} is already running", self.kind.name());
+        }
+        self.process.restart()?;
+        self.wait_ready()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
 }
 
-impl Drop for Managed {
+impl Drop for Local {
     fn drop(&mut self) {
         if let Some(scratch) = self.scratch.take() {
             let _ = self.process.kill();
             let _ = std::fs::remove_dir_all(scratch);
-        }
-    }
-}
-
-/// Resumes the frozen process when dropped.
-#[must_use = "the process is resumed when the guard drops"]
-pub struct Frozen<'a> {
-    managed: &'a Managed,
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        if let Err(err) = self.managed.process.resume() {
-            eprintln!("could not resume {}: {err:#}", self.managed.kind.name());
-        }
-    }
-}
-
-/// Starts the stopped process again when dropped.
-#[must_use = "the process is started again when the guard drops"]
-pub struct Stopped<'a> {
-    managed: Option<&'a mut Managed>,
-}
-
-impl Stopped<'_> {
-    /// Starts the process and waits until it answers.
-    pub fn start(mut self) -> anyhow::Result<()> {
-        match self.managed.take() {
-            Some(managed) => managed.start(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Stopped<'_> {
-    fn drop(&mut self) {
-        if let Some(managed) = self.managed.take()
-            && let Err(err) = managed.start()
-        {
-            eprintln!("could not start {} again: {err:#}", managed.kind.name());
         }
     }
 }

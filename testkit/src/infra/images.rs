@@ -1,0 +1,159 @@
+//! Which NATS and ClickHouse images the container backends run: `PONIX_TEST_NATS_IMAGE`
+//! and `PONIX_TEST_CLICKHOUSE_IMAGE` when set, otherwise `NATS_IMAGE` and
+//! `CLICKHOUSE_IMAGE` from `.tools/docker/images.env` (the local stand-ins the
+//! harness builds where no registry answers) over `pins.env` (the official images).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use localenv::Layout;
+
+pub const NATS_IMAGE_VAR: &str = "PONIX_TEST_NATS_IMAGE";
+pub const CLICKHOUSE_IMAGE_VAR: &str = "PONIX_TEST_CLICKHOUSE_IMAGE";
+
+/// Full image references (`name:tag`, optionally `@sha256:…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    pub nats: String,
+    pub clickhouse: String,
+}
+
+impl Images {
+    pub fn resolve() -> anyhow::Result<Images> {
+        let layout = Layout::workspace();
+        let pins = read(&layout.root.join("pins.env"))?
+            .context("pins.env is missing from the workspace root")?;
+        let local = read(&local_images_file(&layout))?;
+        Images::from_sources(&pins, local.as_deref(), |key| {
+            std::env::var(key)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        })
+    }
+
+    fn from_sources(
+        pins: &str,
+        local: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Images> {
+        let pick = |env_key: &str, file_key: &str| -> anyhow::Result<String> {
+            if let Some(value) = env(env_key) {
+                return Ok(value.trim().to_owned());
+            }
+            local
+                .and_then(|text| value_of(text, file_key))
+                .or_else(|| value_of(pins, file_key))
+                .with_context(|| {
+                    format!("no {file_key} in pins.env (or .tools/docker/images.env), and {env_key} is unset")
+                })
+        };
+        Ok(Images {
+            nats: pick(NATS_IMAGE_VAR, "NATS_IMAGE")?,
+            clickhouse: pick(CLICKHOUSE_IMAGE_VAR, "CLICKHOUSE_IMAGE")?,
+        })
+    }
+}
+
+/// The env file the harness writes when it built local stand-in images.
+pub(super) fn local_images_file(layout: &Layout) -> std::path::PathBuf {
+    layout.tools_dir().join("docker").join("images.env")
+}
+
+fn read(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The value of `key` in KEY=VALUE lines (compose's env-file form, unquoted).
+fn value_of(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, value)| value.trim().to_owned())
+        .next_back()
+        .filter(|value| !value.is_empty())
+}
+
+/// `name` and `tag` of a reference, as testcontainers wants them: the digest, if
+/// any, stays with the tag (`name:tag@sha256:…` is what Docker is then asked for).
+pub(super) fn split_reference(reference: &str) -> anyhow::Result<(String, String)> {
+    let (named, digest) = match reference.split_once('@') {
+        Some((named, digest)) => (named, Some(digest)),
+        None => (reference, None),
+    };
+    let last_slash = named.rfind('/').map_or(0, |at| at + 1);
+    let Some(colon) = named[last_slash..].rfind(':').map(|at| at + last_slash) else {
+        bail!("image {reference:?} has no tag: give it as name:tag (a digest may follow)");
+    };
+    let (name, tag) = (&named[..colon], &named[colon + 1..]);
+    if name.is_empty() || tag.is_empty() {
+        bail!("image {reference:?} is not of the form name:tag");
+    }
+    let tag = match digest {
+        Some(digest) => format!("{tag}@{digest}"),
+        None => tag.to_owned(),
+    };
+    Ok((name.to_owned(), tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PINS: &str = "# comment\nNATS_IMAGE=nats:2.15.0-alpine\nCLICKHOUSE_IMAGE=clickhouse/clickhouse-server:25.8.3.66\n";
+
+    #[test]
+    fn images_come_from_pins_then_the_local_file_then_the_environment() {
+        let none = |_: &str| None;
+        let images = Images::from_sources(PINS, None, none).unwrap();
+        assert_eq!(images.nats, "nats:2.15.0-alpine");
+        assert_eq!(images.clickhouse, "clickhouse/clickhouse-server:25.8.3.66");
+
+        let local = "NATS_IMAGE=ponix-local/nats:2.15.0\nCLICKHOUSE_IMAGE=ponix-local/clickhouse:chdb-26.9.0\n";
+        let images = Images::from_sources(PINS, Some(local), none).unwrap();
+        assert_eq!(images.nats, "ponix-local/nats:2.15.0");
+        assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
+
+        let env = |key: &str| (key == NATS_IMAGE_VAR).then(|| "mine/nats:1".to_owned());
+        let images = Images::from_sources(PINS, Some(local), env).unwrap();
+        assert_eq!(images.nats, "mine/nats:1");
+        assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
+    }
+
+    #[test]
+    fn a_missing_image_names_both_places_to_set_it() {
+        let err = Images::from_sources("NATS_IMAGE=nats:1\n", None, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLICKHOUSE_IMAGE"), "{err}");
+        assert!(err.contains(CLICKHOUSE_IMAGE_VAR), "{err}");
+    }
+
+    #[test]
+    fn references_split_into_name_and_tag() {
+        let split = |r: &str| split_reference(r).unwrap();
+        assert_eq!(split("nats:2.15.0"), ("nats".into(), "2.15.0".into()));
+        assert_eq!(
+            split("localhost:5000/ponix-local/clickhouse:chdb-26.9.0"),
+            (
+                "localhost:5000/ponix-local/clickhouse".into(),
+                "chdb-26.9.0".into()
+            )
+        );
+        assert_eq!(
+            split("clickhouse/clickhouse-server:25.8@sha256:abc"),
+            (
+                "clickhouse/clickhouse-server".into(),
+                "25.8@sha256:abc".into()
+            )
+        );
+        assert!(split_reference("localhost:5000/nats").is_err());
+        assert!(split_reference("nats@sha256:abc").is_err());
+        assert!(split_reference("nats:").is_err());
+    }
+}
