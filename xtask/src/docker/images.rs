@@ -156,7 +156,18 @@ pub fn ensure(
             }
         }
         let _ = fs::remove_file(images_env(layout));
-        return Ok(format!("official images: {}", official.join(", ")));
+        // The writer image's builder too, so that `cargo xtask image` builds from
+        // source here rather than from a host binary, which needs a host whose glibc
+        // is no newer than the runtime image's (a GitHub runner's is newer).
+        let rust = pins.get("RUST_IMAGE")?;
+        let builder = if present_or_pulled(sh, rust) {
+            format!("; builder {rust}")
+        } else {
+            format!(
+                "; builder {rust} not available, so `cargo xtask image` builds from a host binary"
+            )
+        };
+        return Ok(format!("official images: {}{builder}", official.join(", ")));
     }
     let requirements = fs::read_to_string(layout.python_requirements())
         .with_context(|| format!("reading {}", layout.python_requirements().display()))?;
