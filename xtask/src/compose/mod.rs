@@ -5,8 +5,6 @@
 //! unit tests; `cargo xtask e2e --backend compose` runs them for real, and
 //! `cargo xtask lint` validates the compose file itself.
 
-mod probe;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -19,9 +17,8 @@ use xshell::{Cmd, Shell, cmd};
 use crate::docker::images::images_env;
 use crate::env_file;
 
-pub use probe::{
+pub use crate::docker::probe::{
     buildx_available, compose_available, default_backend_reason, docker_engine_available,
-    run_with_timeout,
 };
 
 /// The stack, relative to the project root.

@@ -19,7 +19,7 @@ use localenv::net::wait_until;
 use localenv::process::signal;
 use xshell::{Shell, cmd};
 
-use crate::compose::docker_engine_available;
+use super::probe::docker_engine_available;
 
 /// dockerd 20.10 came up in about 2 s here; a first start that sets up overlay2 and
 /// the bridge network can take longer on a loaded machine.

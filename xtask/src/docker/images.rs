@@ -203,7 +203,7 @@ fn present_or_pulled(sh: &Shell, image: &str) -> bool {
     }
     eprintln!("[docker] trying `docker pull {image}` ...");
     let pulled =
-        crate::compose::run_with_timeout("docker", &["pull", "--quiet", image], PULL_TIMEOUT);
+        super::probe::run_with_timeout("docker", &["pull", "--quiet", image], PULL_TIMEOUT);
     if !pulled {
         eprintln!("[docker] {image} cannot be pulled here: building local stand-ins instead");
     }

@@ -7,6 +7,7 @@
 mod engine;
 pub mod images;
 mod plugins;
+pub mod probe;
 
 use std::time::Instant;
 
