@@ -15,7 +15,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::layout::Layout;
-use crate::local::{READY_TIMEOUT, nats_argv};
+use crate::nats::nats_argv;
+use crate::net::READY_TIMEOUT;
 use crate::net::{self, free_port, http_get, wait_until};
 use crate::process::Recorded;
 

@@ -9,6 +9,7 @@ pub mod goose;
 pub mod interrupt;
 pub mod layout;
 pub mod local;
+pub mod nats;
 pub mod net;
 pub mod process;
 pub mod text;

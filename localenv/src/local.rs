@@ -13,10 +13,13 @@ use crate::net::{self, free_port, http_get, http_post, wait_until};
 use crate::process::{Recorded, log_tail};
 use crate::text::shell_quote;
 
+// Re-exported: testkit starts private servers from the same command line and deadline.
+pub use crate::nats::nats_argv;
+pub use crate::net::READY_TIMEOUT;
+
 pub const NATS: &str = "nats";
 pub const CLICKHOUSE: &str = "clickhouse";
 pub const DATABASE: &str = "ponix";
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Which ClickHouse engine backs the HTTP endpoint.
@@ -295,26 +298,6 @@ pub fn create_database(port: u16, database: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-pub fn nats_argv(layout: &Layout, port: u16, store_dir: &Path) -> anyhow::Result<Vec<OsString>> {
-    let binary = layout.nats_server();
-    if !binary.exists() {
-        bail!(
-            "nats-server not found at {}: run `cargo xtask tools`",
-            binary.display()
-        );
-    }
-    Ok(vec![
-        binary.into(),
-        "--addr".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string().into(),
-        "--jetstream".into(),
-        "--store_dir".into(),
-        store_dir.into(),
-    ])
 }
 
 /// `server.py` is a shim over the `chdb_server` package beside it: Python puts the

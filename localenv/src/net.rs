@@ -157,6 +157,9 @@ pub fn nats_jetstream_ready(port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// How long a started NATS or ClickHouse process may take to answer.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Polls `check` until it succeeds or `timeout` passes, returning the last error.
 pub fn wait_until<T>(
     what: &str,
