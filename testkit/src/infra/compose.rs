@@ -221,14 +221,6 @@ fn override_yaml(kind: Kind, nats_config: Option<&Path>) -> String {
     yaml
 }
 
-/// Takes a project down by name (the sweep of an aborted run's projects).
-pub(super) fn down_project(project: &str) -> anyhow::Result<()> {
-    let mut command = Command::new("docker");
-    let args = ["down", "--volumes", "--timeout", "5", "--remove-orphans"];
-    command.args(["compose", "-p", project]).args(args);
-    run(command, &args).map(drop)
-}
-
 impl Instance for Service {
     fn pid(&self) -> anyhow::Result<u32> {
         docker::container_pid(&self.id)

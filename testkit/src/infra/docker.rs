@@ -1,6 +1,6 @@
 //! The docker CLI calls both container backends share: the pid Docker reports, and
-//! the sweep of what an aborted test binary left behind (Drop removes containers on
-//! a panic, but not when the binary is killed).
+//! the sweep of what an aborted test binary left behind, its containers and compose
+//! projects (Drop removes them on a panic, but not when the binary is killed).
 
 use std::process::Command;
 use std::sync::Once;
@@ -133,9 +133,24 @@ fn sweep() -> anyhow::Result<()> {
     projects.sort();
     projects.dedup();
     for project in projects {
-        super::compose::down_project(&project)?;
+        down_project(&project)?;
     }
     Ok(())
+}
+
+/// Takes a compose project down by name (the sweep of an aborted run's projects).
+fn down_project(project: &str) -> anyhow::Result<()> {
+    docker(&[
+        "compose",
+        "-p",
+        project,
+        "down",
+        "--volumes",
+        "--timeout",
+        "5",
+        "--remove-orphans",
+    ])
+    .map(drop)
 }
 
 /// Whether a process with this pid runs on this host (`/proc` where there is one;

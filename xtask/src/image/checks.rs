@@ -9,7 +9,8 @@ use anyhow::Context;
 use localenv::Layout;
 use xshell::Shell;
 
-use super::plan::{Cmd, Inputs, Verification};
+use super::cmd::Cmd;
+use super::inputs::Inputs;
 use super::secrets::{self, KnownSecret};
 use super::stack::{self, Stack};
 use super::{IMAGE_GOOSE, IMAGE_MIGRATIONS_DIR, IMAGE_USER, host};
@@ -31,6 +32,15 @@ pub const HELP_VARIABLES: &[&str] = &[
     "PONIX_CLICKHOUSE_MIGRATIONS_DIR",
     "PONIX_CLICKHOUSE_GOOSE_BINARY_PATH",
 ];
+
+/// The checks, then the size, of one platform's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub platform: Option<String>,
+    pub reference: String,
+    pub checks: Vec<Check>,
+    pub size: Cmd,
+}
 
 /// What a command's output must show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,7 +491,7 @@ pub fn table(rows: &[(&Check, Outcome)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::plan::tests::inputs;
+    use crate::image::inputs::tests::inputs;
 
     fn lines(checks: &[Check]) -> Vec<String> {
         checks

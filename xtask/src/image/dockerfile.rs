@@ -45,7 +45,7 @@ mod tests {
     use localenv::Layout;
 
     use super::*;
-    use crate::image::plan::Origin;
+    use crate::image::inputs::Origin;
     use crate::image::{
         DOCKERFILE, IMAGE_GOOSE, IMAGE_MIGRATIONS_DIR, IMAGE_USER, LABEL_BUILD_ARGS,
         PINNED_BUILD_ARGS, host,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use localenv::Layout;
 
-use super::plan::Cmd;
+use super::cmd::Cmd;
 
 /// Where the binaries are staged, relative to the root: the named context
 /// `prebuilt`, or the part of the main context the Dockerfile's `prebuilt` stage reads.

@@ -13,8 +13,10 @@
 //! default on this machine when RUST_IMAGE is not present locally.
 
 mod checks;
+mod cmd;
 mod dockerfile;
 mod host;
+mod inputs;
 mod plan;
 mod secrets;
 mod stack;
@@ -31,7 +33,8 @@ use crate::docker::images::Images;
 use crate::flags;
 
 pub use dockerfile::dockerfile_args;
-use plan::{Inputs, Origin, Plan};
+use inputs::{Inputs, Origin};
+use plan::Plan;
 use stack::StackImages;
 
 pub const DOCKERFILE: &str = "docker/Dockerfile";

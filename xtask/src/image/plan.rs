@@ -2,141 +2,12 @@
 //! runs, so that `--dry-run` prints it without a Docker engine and the unit tests
 //! check it.
 
-use std::fmt;
+use anyhow::bail;
 
-use anyhow::{Context, bail};
-use localenv::text::shell_quote;
-use xshell::{Shell, cmd};
-
-use super::checks::{self, Check};
-use super::stack::StackImages;
+use super::checks::{self, Verification};
+use super::cmd::Cmd;
+use super::inputs::{Inputs, Origin};
 use super::{DOCKERFILE, host};
-
-/// One command line (docker or cargo), with the environment it needs. Values that
-/// must not be printed never go here: the stack passes them by name (`--env KEY`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmd {
-    pub program: &'static str,
-    pub env: Vec<(String, String)>,
-    pub args: Vec<String>,
-}
-
-impl Cmd {
-    pub fn docker(args: &[&str]) -> Cmd {
-        Cmd {
-            program: "docker",
-            env: Vec::new(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-        }
-    }
-
-    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
-        self.args.push(arg.into());
-        self
-    }
-
-    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Cmd {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// The xshell command, for the caller to add environment values to.
-    pub fn to_xshell<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
-        let (program, args) = (self.program, &self.args);
-        let mut command = cmd!(sh, "{program} {args...}");
-        for (key, value) in &self.env {
-            command = command.env(key, value);
-        }
-        command
-    }
-
-    /// Runs it with its output shown.
-    pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
-        self.to_xshell(sh)
-            .run()
-            .with_context(|| format!("`{self}` failed"))
-    }
-
-    /// Runs it quietly and returns stdout; stderr is shown.
-    pub fn read(&self, sh: &Shell) -> anyhow::Result<String> {
-        self.to_xshell(sh)
-            .quiet()
-            .read()
-            .with_context(|| format!("`{self}` failed"))
-    }
-}
-
-impl fmt::Display for Cmd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (key, value) in &self.env {
-            write!(f, "{key}={} ", shell_quote(value))?;
-        }
-        f.write_str(self.program)?;
-        for arg in &self.args {
-            write!(f, " {}", shell_quote(arg))?;
-        }
-        Ok(())
-    }
-}
-
-/// Where the writer binary in the image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// Built inside RUST_IMAGE: target `runtime`.
-    Source,
-    /// Built with cargo on this machine and staged with goose: target `runtime-prebuilt`.
-    Host {
-        /// Pass the staging directory as the named context `prebuilt` (BuildKit 0.10+);
-        /// otherwise the Dockerfile reads it from the main context.
-        named_context: bool,
-    },
-}
-
-impl Origin {
-    pub fn target(&self) -> &'static str {
-        match self {
-            Origin::Source => "runtime",
-            Origin::Host { .. } => "runtime-prebuilt",
-        }
-    }
-}
-
-/// Everything the plan depends on, gathered before anything runs.
-#[derive(Debug, Clone)]
-pub struct Inputs {
-    /// Repository without a tag, registry included: `ghcr.io/acme/ponix-writer`.
-    pub name: String,
-    pub version: String,
-    /// The full commit id.
-    pub revision: String,
-    /// Uncommitted changes: the commit tag gets a `-dirty` suffix.
-    pub dirty: bool,
-    /// The repository URL for `org.opencontainers.image.source` (may be empty).
-    pub source_url: String,
-    /// Empty: the engine's own platform.
-    pub platforms: Vec<String>,
-    pub push: bool,
-    pub origin: Origin,
-    /// `(name, value)` for each of [`super::PINNED_BUILD_ARGS`].
-    pub build_args: Vec<(String, String)>,
-    pub goose_version: String,
-    /// File names in migrations/, sorted.
-    pub migrations: Vec<String>,
-    /// The PONIX_* settings the writer gets in the stack (names only).
-    pub writer_settings: Vec<String>,
-    pub stack_images: StackImages,
-    /// Names the containers and network of this run: `ponix-image-<run_id>-...`.
-    pub run_id: String,
-}
-
-/// The checks, then the size, of one platform's image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
-    pub platform: Option<String>,
-    pub reference: String,
-    pub checks: Vec<Check>,
-    pub size: Cmd,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -296,37 +167,10 @@ impl Plan {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
     use crate::image::image_name;
-
-    pub fn inputs() -> Inputs {
-        Inputs {
-            name: "ponix-writer".into(),
-            version: "0.1.0".into(),
-            revision: "ba160c674e59aa8c3a5a7c2e8f3e6d1f00112233".into(),
-            dirty: false,
-            source_url: "https://github.com/acme/ponix-writer".into(),
-            platforms: Vec::new(),
-            push: false,
-            origin: Origin::Source,
-            build_args: vec![
-                ("RUST_IMAGE".into(), "rust:1.95.0-bookworm".into()),
-                ("GOOSE_VERSION".into(), "v3.28.0".into()),
-            ],
-            goose_version: "v3.28.0".into(),
-            migrations: vec!["1_init.sql".into(), "2_more.sql".into()],
-            writer_settings: vec![
-                "PONIX_CLICKHOUSE_DATABASE".into(),
-                "PONIX_CLICKHOUSE_PASSWORD".into(),
-            ],
-            stack_images: StackImages {
-                nats: "nats:2.15.0-alpine".into(),
-                clickhouse: "clickhouse/clickhouse-server:25.8.3.66".into(),
-            },
-            run_id: "42".into(),
-        }
-    }
+    use crate::image::inputs::tests::inputs;
 
     fn line(command: &Cmd) -> String {
         command.to_string()

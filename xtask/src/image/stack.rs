@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use localenv::Layout;
 use xshell::Shell;
 
-use super::plan::Cmd;
+use super::cmd::Cmd;
 
 /// The images the writer runs against: pins.env, overlaid by .tools/docker/images.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
