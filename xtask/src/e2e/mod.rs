@@ -38,7 +38,9 @@ impl flags::E2e {
                 );
                 let mut steps = Steps::new("e2e");
                 self.local_pass(sh, &layout, &mut steps, true);
-                compose_pass::add_steps(sh, &layout, &mut steps, None);
+                // The image the local pass's image step built and checked.
+                let image = format!("ponix-writer:{}", crate::image::workspace_version(&layout)?);
+                compose_pass::add_steps(sh, &layout, &mut steps, Some(image));
                 self.closing_steps(sh, &layout, &mut steps);
                 steps.finish()
             }
