@@ -78,12 +78,21 @@ pub async fn pull(
     let mut ended_by = None;
     let mut end = request.deadline;
     let mut lingering = false;
+    tracing::trace!(%inbox, max_messages = request.max_messages, "pull sent");
+    let mut how = "full";
     while messages.len() < request.max_messages {
         let message = match tokio::time::timeout_at(end, subscriber.next()).await {
             Ok(Some(message)) => message,
-            Ok(None) => break,
-            Err(_) if lingering => break,
+            Ok(None) => {
+                how = "subscription closed";
+                break;
+            }
+            Err(_) if lingering => {
+                how = "linger over";
+                break;
+            }
             Err(_) => {
+                how = "unanswered";
                 ended_by = Some(unanswered());
                 break;
             }
@@ -94,7 +103,11 @@ pub async fn pull(
                 context: js.clone(),
             }),
             Some(StatusCode::IDLE_HEARTBEAT) => {}
-            Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => break,
+            Some(status @ (StatusCode::TIMEOUT | StatusCode::NOT_FOUND)) => {
+                tracing::trace!(%inbox, %status, "pull ended by the server");
+                how = "status";
+                break;
+            }
             Some(status) if is_pull_end(status, message.description.as_deref()) => {
                 if !lingering {
                     lingering = true;
@@ -112,6 +125,7 @@ pub async fn pull(
     }
     // Dropping the subscriber unsubscribes the inbox.
     drop(subscriber);
+    tracing::trace!(%inbox, messages = messages.len(), how, elapsed = ?started.elapsed(), "pull ended");
     Ok((messages, ended_by))
 }
 

@@ -86,8 +86,27 @@ pub async fn finish_all(
     }
     let drain_from = fault_over.max(Instant::now());
     if let Err(err) = rig.wait_drained(drain_timeout(plan.total)).await {
+        let info = rig
+            .js
+            .client()
+            .request(
+                format!(
+                    "$JS.API.CONSUMER.INFO.{}.{}",
+                    crate::rig::STREAM,
+                    crate::rig::CONSUMER
+                ),
+                "".into(),
+            )
+            .await
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .unwrap_or_else(|e| format!("consumer info failed: {e}"));
+        let metrics = writers
+            .iter()
+            .map(|w| w.metrics_text())
+            .collect::<Vec<_>>()
+            .join("\n");
         bail!(
-            "{err:#}\nthe writers' log ends with:\n{}\n{}",
+            "{err:#}\nthe consumer info at the deadline: {info}\nthe writers' metrics:\n{metrics}\nthe writers' log ends with:\n{}\n{}",
             process_log_tail(rig),
             rig.infra_log_tails()
         );

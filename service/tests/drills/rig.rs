@@ -142,7 +142,11 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
     ("PONIX_CLICKHOUSE_INSERT_TIMEOUT_SECS", "10"),
     ("PONIX_STARTUP_TIMEOUT_SECS", "60"),
     ("PONIX_SHUTDOWN_TIMEOUT_SECS", "30"),
-    ("PONIX_LOG_LEVEL", "info,ponix_writer=debug"),
+    // Each pull at trace level: a failed drain shows whether the writer kept pulling.
+    (
+        "PONIX_LOG_LEVEL",
+        "info,ponix_writer=debug,ponix_writer::consumer::pull=trace",
+    ),
 ];
 
 /// How far the table is migrated before the writer first starts.

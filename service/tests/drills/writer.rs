@@ -57,6 +57,13 @@ impl Writer {
         Ok(&self.last_scrape)
     }
 
+    /// The raw `/metrics` text, for a failure's evidence.
+    pub fn metrics_text(&self) -> String {
+        self.process
+            .metrics()
+            .unwrap_or_else(|e| format!("/metrics failed: {e:#}"))
+    }
+
     /// Scrapes, but keeps the previous scrape if the writer does not answer.
     pub fn scrape_or_keep(&mut self) -> &Metrics {
         if let Ok(body) = self.process.metrics() {

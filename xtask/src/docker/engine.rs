@@ -148,43 +148,50 @@ fn server_version(sh: &Shell) -> anyhow::Result<String> {
     Ok(version.trim().to_owned())
 }
 
-/// Stops the dockerd that [`ensure`] started, after checking that no container is
-/// left (a leftover container is a harness bug the operator should see). A daemon
-/// xtask did not start is left alone.
+/// Stops the dockerd that [`ensure`] started (a daemon xtask did not start is left
+/// running), and fails if any container is left: a leftover container is a harness
+/// bug the operator should see.
 pub fn stop(sh: &Shell, layout: &Layout) -> anyhow::Result<String> {
-    let pid_path = pid_file(layout);
-    let Ok(text) = fs::read_to_string(&pid_path) else {
-        return Ok("no dockerd started by xtask; left the engine alone".into());
-    };
-    let pid: u32 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {}", pid_path.display()))?;
     let leftovers = if docker_engine_available() {
-        cmd!(sh, "docker ps -aq")
+        let format = "{{.Names}}";
+        cmd!(sh, "docker ps --all --format {format}")
             .quiet()
             .read()
             .context("listing containers")?
     } else {
         String::new()
     };
-    if signal(pid, 0).is_ok() {
-        localenv::process::terminate(pid).context("sending SIGTERM to dockerd")?;
-        wait_until("dockerd to exit", STOP_TIMEOUT, || {
-            if signal(pid, 0).is_ok() && !is_zombie(pid) {
-                bail!("dockerd (pid {pid}) still runs");
+    let leftovers: Vec<&str> = leftovers.lines().filter(|l| !l.trim().is_empty()).collect();
+    let pid_path = pid_file(layout);
+    let stopped = match fs::read_to_string(&pid_path) {
+        Err(_) => "no dockerd started by xtask, so the engine was left running",
+        Ok(text) => {
+            let pid: u32 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing {}", pid_path.display()))?;
+            if signal(pid, 0).is_ok() {
+                localenv::process::terminate(pid).context("sending SIGTERM to dockerd")?;
+                wait_until("dockerd to exit", STOP_TIMEOUT, || {
+                    if signal(pid, 0).is_ok() && !is_zombie(pid) {
+                        bail!("dockerd (pid {pid}) still runs");
+                    }
+                    Ok(())
+                })?;
             }
-            Ok(())
-        })?;
-    }
-    fs::remove_file(&pid_path).with_context(|| format!("removing {}", pid_path.display()))?;
-    let count = leftovers.lines().filter(|l| !l.trim().is_empty()).count();
-    if count > 0 {
+            fs::remove_file(&pid_path)
+                .with_context(|| format!("removing {}", pid_path.display()))?;
+            "dockerd stopped"
+        }
+    };
+    if !leftovers.is_empty() {
         bail!(
-            "dockerd stopped, but {count} container(s) were left behind (`docker ps -a` was not empty)"
+            "{stopped}, but `docker ps -a` was not empty: {} container(s) left behind: {}",
+            leftovers.len(),
+            leftovers.join(", ")
         );
     }
-    Ok("no container left; dockerd stopped".into())
+    Ok(format!("`docker ps -a` was empty; {stopped}"))
 }
 
 fn is_zombie(pid: u32) -> bool {
