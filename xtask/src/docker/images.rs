@@ -177,6 +177,8 @@ pub fn ensure(
     build_nats(sh, layout, &local)?;
     build_clickhouse(sh, layout, &local)?;
     let path = images_env(layout);
+    fs::create_dir_all(state_dir(layout))
+        .with_context(|| format!("creating {}", state_dir(layout).display()))?;
     fs::write(&path, local.env_text()).with_context(|| format!("writing {}", path.display()))?;
     Ok(format!(
         "local stand-ins {}, {}, {} ({:.0?})",
