@@ -231,10 +231,7 @@ impl Instance for Service {
     }
 
     fn url(&self) -> String {
-        match self.kind {
-            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
-            Kind::ClickHouse => format!("http://127.0.0.1:{}", self.port),
-        }
+        self.kind.loopback_url(self.port)
     }
 
     fn freeze(&self) -> anyhow::Result<()> {

@@ -51,6 +51,14 @@ impl Kind {
             Kind::ClickHouse => CLICKHOUSE,
         }
     }
+
+    /// The plain (non-TLS) URL of an instance of this kind published on loopback.
+    pub(crate) fn loopback_url(self, port: u16) -> String {
+        match self {
+            Kind::Nats => format!("nats://127.0.0.1:{port}"),
+            Kind::ClickHouse => format!("http://127.0.0.1:{port}"),
+        }
+    }
 }
 
 /// Where private instances run.

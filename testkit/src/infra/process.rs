@@ -225,9 +225,8 @@ impl Instance for Local {
 
     fn url(&self) -> String {
         match (self.kind, &self.readiness) {
-            (Kind::Nats, _) => format!("nats://127.0.0.1:{}", self.port),
             (Kind::ClickHouse, Readiness::Https(_)) => format!("https://127.0.0.1:{}", self.port),
-            (Kind::ClickHouse, _) => format!("http://127.0.0.1:{}", self.port),
+            (kind, _) => kind.loopback_url(self.port),
         }
     }
 

@@ -189,7 +189,8 @@ pub fn ensure(
     ))
 }
 
-fn image_exists(sh: &Shell, image: &str) -> bool {
+/// Whether the engine has `image` (no pull).
+pub fn image_exists(sh: &Shell, image: &str) -> bool {
     let format = "{{.Id}}";
     cmd!(sh, "docker image inspect --format {format} {image}")
         .quiet()

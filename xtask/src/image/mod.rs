@@ -29,7 +29,7 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose;
-use crate::docker::images::Images;
+use crate::docker::images::{Images, image_exists};
 use crate::flags;
 
 pub use dockerfile::dockerfile_args;
@@ -76,7 +76,7 @@ impl flags::Image {
         let (origin, why) = choose_origin(
             self.from_host,
             self.from_source,
-            engine.then(|| image_present(sh, rust_image)),
+            engine.then(|| image_exists(sh, rust_image)),
             engine && named_contexts_supported(sh),
         );
         println!("[image] the writer: {why}");
@@ -179,16 +179,6 @@ fn choose_origin(
     };
     let text = format!("{} ({reason})", how(&origin));
     (origin, text)
-}
-
-fn image_present(sh: &Shell, image: &str) -> bool {
-    let format = "{{.Id}}";
-    cmd!(sh, "docker image inspect --format {format} {image}")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_ok()
 }
 
 /// Whether the engine's own BuildKit knows named contexts (Docker 23 and later).
