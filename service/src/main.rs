@@ -16,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // One rustls crypto provider for the whole process: async-nats builds its own TLS
+    // client configuration from the process default, and where the dependency graph
+    // enables rustls' aws-lc-rs feature beside ring (cargo unifies features: the test
+    // build, through testcontainers, does), rustls cannot pick one and the first TLS
+    // connection to NATS panicked. Err means one is installed already: keep it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = match PonixWriter::from_env() {
         Ok(flags) => flags,
         Err(error) if error.is_help() => {
