@@ -79,13 +79,10 @@ pub fn ensure(sh: &Shell, layout: &Layout) -> anyhow::Result<Engine> {
         cmd!(sh, "apt-get update -qq")
             .run()
             .context("`apt-get update` failed; check that Debian's package mirror is reachable")?;
-        cmd!(
-            sh,
-            "apt-get install -y -qq --no-install-recommends docker.io"
-        )
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
-        .context("installing docker.io with apt-get")?;
+        cmd!(sh, "apt-get install -y -qq docker.io")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()
+            .context("installing docker.io with apt-get")?;
         installed = true;
     }
     if find_on_path("docker").is_none() {
