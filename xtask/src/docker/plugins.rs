@@ -17,6 +17,7 @@ use localenv::local::find_on_path;
 use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
+use crate::tools::install::reports;
 
 pub struct Plugin {
     /// `docker <command>`.
@@ -139,15 +140,6 @@ fn module_dir(json: &str) -> anyhow::Result<PathBuf> {
         (Some(dir), None) => Ok(dir),
         (None, None) => bail!("go mod download named no directory"),
     }
-}
-
-/// True when a `version` line names exactly `version` (v5.6.0 is not v5.6.01).
-fn reports(output: &str, version: &str) -> bool {
-    let bare = version.trim_start_matches('v');
-    output
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .map(|word| word.trim_start_matches('v'))
-        .any(|word| word == bare)
 }
 
 #[cfg(test)]
