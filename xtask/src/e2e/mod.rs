@@ -90,20 +90,22 @@ impl flags::E2e {
                     crate::image::workspace_version(&layout)?
                 ))
             });
+        } else {
+            // Without Docker, the plan at least: its tags and commands are computed.
+            steps.run("image plan (dry run)", || {
+                let plan = flags::Image {
+                    name: None,
+                    registry: None,
+                    platform: None,
+                    push: false,
+                    dry_run: true,
+                    from_host: false,
+                    from_source: false,
+                };
+                plan.run(sh)?;
+                Ok("tags and commands printed above".into())
+            });
         }
-        steps.run("image plan (dry run)", || {
-            let plan = flags::Image {
-                name: None,
-                registry: None,
-                platform: None,
-                push: false,
-                dry_run: true,
-                from_host: false,
-                from_source: false,
-            };
-            plan.run(sh)?;
-            Ok("tags and commands printed above".into())
-        });
         steps.run("infrastructure up", || {
             let started = Infra::start(&layout, self)?;
             let figure = started.describe();
