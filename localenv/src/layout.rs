@@ -50,6 +50,10 @@ impl Layout {
     pub fn run_dir(&self) -> PathBuf {
         self.tools_dir().join("run")
     }
+    /// The Docker host's state: dockerd's log and pid, and images.env.
+    pub fn docker_dir(&self) -> PathBuf {
+        self.tools_dir().join("docker")
+    }
     pub fn logs_dir(&self) -> PathBuf {
         self.tools_dir().join("logs")
     }

@@ -5,7 +5,9 @@
 //! quick to compile.
 
 pub mod cluster;
+pub mod env_file;
 pub mod goose;
+pub mod images;
 pub mod interrupt;
 pub mod layout;
 pub mod local;

@@ -183,7 +183,7 @@ async fn nats_client(
 
 /// Counts rows of `table` through the writer's own client for `vars` (TLS included).
 async fn count(vars: &[(&'static str, String)], table: &str) -> anyhow::Result<u64> {
-    let client = ponix_writer::tls::clickhouse_client(&config(vars)?.clickhouse);
+    let client = ponix_writer::store::clickhouse_client(&config(vars)?.clickhouse);
     client
         .query(&format!("SELECT count() FROM {table}"))
         .fetch_one::<u64>()

@@ -19,11 +19,11 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
-use crate::env_file;
 use crate::flags;
 use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
 use crate::pins::Pins;
 use crate::tools::lint as tools_lint;
+use localenv::env_file;
 
 const WORKFLOWS_DIR: &str = ".github/workflows";
 /// Shapes the image's build context (the repository root).

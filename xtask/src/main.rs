@@ -12,7 +12,6 @@ mod docker;
 mod down;
 mod drill;
 mod e2e;
-mod env_file;
 mod flags;
 mod fuzz;
 mod image;

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use localenv::Layout;
 
-use crate::env_file;
+use localenv::env_file;
 
 #[derive(Debug, Clone)]
 pub struct Pins {

@@ -22,7 +22,7 @@ use localenv::local::{self, DATABASE, READY_TIMEOUT};
 use localenv::net::{self, free_port, wait_until};
 
 use super::docker::{self, LABEL, PROJECT_PREFIX};
-use super::images::{Images, local_images_file};
+use super::images::Images;
 use super::process::scratch_dir;
 use super::{Instance, Kind};
 
@@ -137,7 +137,7 @@ impl Service {
             ])
             .arg(self.scratch.join("override.yaml"))
             .args(["--env-file", "pins.env"]);
-        let local_images = local_images_file(&layout);
+        let local_images = localenv::images::images_env(&layout);
         if local_images.exists() {
             command.arg("--env-file").arg(local_images);
         }

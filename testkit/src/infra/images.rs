@@ -1,12 +1,13 @@
 //! Which NATS and ClickHouse images the container backends run: `PONIX_TEST_NATS_IMAGE`
-//! and `PONIX_TEST_CLICKHOUSE_IMAGE` when set, otherwise `NATS_IMAGE` and
-//! `CLICKHOUSE_IMAGE` from `.tools/docker/images.env` (the local stand-ins the
-//! harness builds where no registry answers) over `pins.env` (the official images).
+//! and `PONIX_TEST_CLICKHOUSE_IMAGE` when set, otherwise the names `localenv::images`
+//! gives (the local stand-ins of `.tools/docker/images.env` over pins.env's official
+//! images), as for every other container path.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use localenv::Layout;
+use localenv::env_file;
 
 pub const NATS_IMAGE_VAR: &str = "PONIX_TEST_NATS_IMAGE";
 pub const CLICKHOUSE_IMAGE_VAR: &str = "PONIX_TEST_CLICKHOUSE_IMAGE";
@@ -21,10 +22,11 @@ pub struct Images {
 impl Images {
     pub fn resolve() -> anyhow::Result<Images> {
         let layout = Layout::workspace();
-        let pins = read(&layout.root.join("pins.env"))?
-            .context("pins.env is missing from the workspace root")?;
-        let local = read(&local_images_file(&layout))?;
-        Images::from_sources(&pins, local.as_deref(), |key| {
+        let path = layout.pins_file();
+        let pins = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the pinned images from {}", path.display()))?;
+        let pins = env_file::parse(&pins).with_context(|| format!("parsing {}", path.display()))?;
+        Images::from_sources(&pins, &localenv::images::overrides(&layout)?, |key| {
             std::env::var(key)
                 .ok()
                 .filter(|value| !value.trim().is_empty())
@@ -32,51 +34,35 @@ impl Images {
     }
 
     fn from_sources(
-        pins: &str,
-        local: Option<&str>,
+        pins: &[env_file::Entry],
+        local: &BTreeMap<String, String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Images> {
+        let pinned = |key: &str| {
+            pins.iter()
+                .rev()
+                .find(|entry| entry.key == key && !entry.value.is_empty())
+                .map(|entry| entry.value.clone())
+        };
         let pick = |env_key: &str, file_key: &str| -> anyhow::Result<String> {
             if let Some(value) = env(env_key) {
                 return Ok(value.trim().to_owned());
             }
-            local
-                .and_then(|text| value_of(text, file_key))
-                .or_else(|| value_of(pins, file_key))
-                .with_context(|| {
-                    format!("no {file_key} in pins.env (or .tools/docker/images.env), and {env_key} is unset")
-                })
+            localenv::images::pick(
+                local,
+                |key| {
+                    pinned(key).with_context(|| {
+                        format!("no {key} in pins.env (or .tools/docker/images.env), and {env_key} is unset")
+                    })
+                },
+                file_key,
+            )
         };
         Ok(Images {
             nats: pick(NATS_IMAGE_VAR, "NATS_IMAGE")?,
             clickhouse: pick(CLICKHOUSE_IMAGE_VAR, "CLICKHOUSE_IMAGE")?,
         })
     }
-}
-
-/// The env file the harness writes when it built local stand-in images.
-pub(super) fn local_images_file(layout: &Layout) -> std::path::PathBuf {
-    layout.tools_dir().join("docker").join("images.env")
-}
-
-fn read(path: &Path) -> anyhow::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// The value of `key` in KEY=VALUE lines (compose's env-file form, unquoted).
-fn value_of(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .filter(|(k, _)| k.trim() == key)
-        .map(|(_, value)| value.trim().to_owned())
-        .next_back()
-        .filter(|value| !value.is_empty())
 }
 
 /// `name` and `tag` of a reference, as testcontainers wants them: the digest, if
@@ -107,27 +93,34 @@ mod tests {
 
     const PINS: &str = "# comment\nNATS_IMAGE=nats:2.15.0-alpine\nCLICKHOUSE_IMAGE=clickhouse/clickhouse-server:25.8.3.66\n";
 
+    fn pins(text: &str) -> Vec<env_file::Entry> {
+        env_file::parse(text).unwrap()
+    }
+
     #[test]
     fn images_come_from_pins_then_the_local_file_then_the_environment() {
         let none = |_: &str| None;
-        let images = Images::from_sources(PINS, None, none).unwrap();
+        let images = Images::from_sources(&pins(PINS), &BTreeMap::new(), none).unwrap();
         assert_eq!(images.nats, "nats:2.15.0-alpine");
         assert_eq!(images.clickhouse, "clickhouse/clickhouse-server:25.8.3.66");
 
-        let local = "NATS_IMAGE=ponix-local/nats:2.15.0\nCLICKHOUSE_IMAGE=ponix-local/clickhouse:chdb-26.9.0\n";
-        let images = Images::from_sources(PINS, Some(local), none).unwrap();
+        let local = localenv::images::parse_overrides(
+            "NATS_IMAGE=ponix-local/nats:2.15.0\nCLICKHOUSE_IMAGE=ponix-local/clickhouse:chdb-26.9.0\n",
+        )
+        .unwrap();
+        let images = Images::from_sources(&pins(PINS), &local, none).unwrap();
         assert_eq!(images.nats, "ponix-local/nats:2.15.0");
         assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
 
         let env = |key: &str| (key == NATS_IMAGE_VAR).then(|| "mine/nats:1".to_owned());
-        let images = Images::from_sources(PINS, Some(local), env).unwrap();
+        let images = Images::from_sources(&pins(PINS), &local, env).unwrap();
         assert_eq!(images.nats, "mine/nats:1");
         assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
     }
 
     #[test]
     fn a_missing_image_names_both_places_to_set_it() {
-        let err = Images::from_sources("NATS_IMAGE=nats:1\n", None, |_| None)
+        let err = Images::from_sources(&pins("NATS_IMAGE=nats:1\n"), &BTreeMap::new(), |_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("CLICKHOUSE_IMAGE"), "{err}");

@@ -14,8 +14,8 @@ use anyhow::{Context, bail};
 use localenv::Layout;
 use xshell::{Cmd, Shell, cmd};
 
-use crate::docker::images::images_env;
-use crate::env_file;
+use localenv::env_file;
+use localenv::images::images_env;
 
 pub use crate::docker::probe::{
     buildx_available, compose_available, default_backend_reason, docker_engine_available,

@@ -26,16 +26,12 @@ use super::probe::docker_engine_available;
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn state_dir(layout: &Layout) -> PathBuf {
-    layout.tools_dir().join("docker")
-}
-
 fn pid_file(layout: &Layout) -> PathBuf {
-    state_dir(layout).join("dockerd.pid")
+    layout.docker_dir().join("dockerd.pid")
 }
 
 pub fn log_file(layout: &Layout) -> PathBuf {
-    state_dir(layout).join("dockerd.log")
+    layout.docker_dir().join("dockerd.log")
 }
 
 /// What happened, for the step's one-line figure.
@@ -98,7 +94,7 @@ pub fn ensure(sh: &Shell, layout: &Layout) -> anyhow::Result<Engine> {
 }
 
 fn start_dockerd(layout: &Layout) -> anyhow::Result<()> {
-    let dir = state_dir(layout);
+    let dir = layout.docker_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = log_file(layout);
     let log =

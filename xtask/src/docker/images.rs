@@ -24,22 +24,16 @@ use localenv::Layout;
 use localenv::local::find_on_path;
 use xshell::{Shell, cmd};
 
-use super::engine::state_dir;
+use localenv::images::{OVERRIDDEN, images_env};
+
 use crate::choices::ImageSource;
-use crate::env_file;
 use crate::pins::Pins;
 
-/// The pins.env keys images.env overrides.
-const OVERRIDDEN: &[&str] = &["NATS_IMAGE", "CLICKHOUSE_IMAGE", "RUNTIME_IMAGE"];
 const SNAPSHOT_ARCHIVE: &str = "http://snapshot.debian.org/archive/debian";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// How long `docker pull` may try before the registry counts as unreachable (it fails
 /// at once here, but a filtered network can hang).
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub fn images_env(layout: &Layout) -> PathBuf {
-    state_dir(layout).join("images.env")
-}
 
 /// pins.env, with the image names of .tools/docker/images.env over it: every command
 /// that runs containers takes its images here.
@@ -50,16 +44,10 @@ pub struct Images {
 
 impl Images {
     pub fn load(layout: &Layout) -> anyhow::Result<Images> {
-        let pins = Pins::load(layout)?;
-        let path = images_env(layout);
-        let overrides = if path.exists() {
-            let text =
-                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            Images::parse_overrides(&text).with_context(|| format!("parsing {}", path.display()))?
-        } else {
-            BTreeMap::new()
-        };
-        Ok(Images { pins, overrides })
+        Ok(Images {
+            pins: Pins::load(layout)?,
+            overrides: localenv::images::overrides(layout)?,
+        })
     }
 
     /// The pins alone, as where no images.env was written.
@@ -71,19 +59,12 @@ impl Images {
         }
     }
 
-    fn parse_overrides(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        Ok(env_file::parse(text)?
-            .into_iter()
-            .filter(|entry| !entry.value.is_empty())
-            .map(|entry| (entry.key, entry.value))
-            .collect())
-    }
-
-    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
-        match self.overrides.get(key) {
-            Some(value) => Ok(value),
-            None => self.pins.get(key),
-        }
+    pub fn get(&self, key: &str) -> anyhow::Result<String> {
+        localenv::images::pick(
+            &self.overrides,
+            |key| self.pins.get(key).map(str::to_owned),
+            key,
+        )
     }
 }
 
@@ -177,8 +158,8 @@ pub fn ensure(
     build_nats(sh, layout, &local)?;
     build_clickhouse(sh, layout, &local)?;
     let path = images_env(layout);
-    fs::create_dir_all(state_dir(layout))
-        .with_context(|| format!("creating {}", state_dir(layout).display()))?;
+    fs::create_dir_all(layout.docker_dir())
+        .with_context(|| format!("creating {}", layout.docker_dir().display()))?;
     fs::write(&path, local.env_text()).with_context(|| format!("writing {}", path.display()))?;
     Ok(format!(
         "local stand-ins {}, {}, {} ({:.0?})",
@@ -262,7 +243,7 @@ fn build_base(sh: &Shell, layout: &Layout, pins: &Pins, image: &str) -> anyhow::
         );
         DEBIAN_MIRROR.to_owned()
     };
-    let rootfs = state_dir(layout).join(format!("rootfs-{suite}"));
+    let rootfs = layout.docker_dir().join(format!("rootfs-{suite}"));
     remove_dir(&rootfs)?;
     eprintln!("[docker] debootstrap {suite} from {mirror} (about a minute) ...");
     let started = Instant::now();
@@ -291,7 +272,7 @@ fn build_base(sh: &Shell, layout: &Layout, pins: &Pins, image: &str) -> anyhow::
             }
         }
     }
-    let tar = state_dir(layout).join(format!("rootfs-{suite}.tar"));
+    let tar = layout.docker_dir().join(format!("rootfs-{suite}.tar"));
     cmd!(sh, "tar --numeric-owner -C {rootfs} -cf {tar} .")
         .run()
         .context("packing the debootstrap root filesystem")?;
@@ -358,7 +339,7 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// A fresh, empty build context under `.tools/docker/`.
 fn context_dir(layout: &Layout, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = state_dir(layout).join("context").join(name);
+    let dir = layout.docker_dir().join("context").join(name);
     remove_dir(&dir)?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -494,23 +475,6 @@ mod tests {
         for key in OVERRIDDEN {
             assert!(text.contains(&format!("\n{key}=ponix-local/")), "{text}");
         }
-    }
-
-    #[test]
-    fn local_images_override_the_pins() {
-        let images = Images {
-            pins: Pins::parse("RUNTIME_IMAGE=debian:bookworm-slim\nNATS_IMAGE=nats:2\n").unwrap(),
-            overrides: Images::parse_overrides(
-                "# written by cargo xtask docker\nRUNTIME_IMAGE=ponix-local/debian:bookworm\nCLICKHOUSE_IMAGE=\n",
-            )
-            .unwrap(),
-        };
-        assert_eq!(
-            images.get("RUNTIME_IMAGE").unwrap(),
-            "ponix-local/debian:bookworm"
-        );
-        assert_eq!(images.get("NATS_IMAGE").unwrap(), "nats:2");
-        assert!(images.get("CLICKHOUSE_IMAGE").is_err());
     }
 
     #[test]

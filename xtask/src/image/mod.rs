@@ -76,7 +76,7 @@ impl flags::Image {
         let (origin, why) = choose_origin(
             self.from_host,
             self.from_source,
-            engine.then(|| image_exists(sh, rust_image)),
+            engine.then(|| image_exists(sh, &rust_image)),
             engine && named_contexts_supported(sh),
         );
         println!("[image] the writer: {why}");
@@ -100,8 +100,8 @@ impl flags::Image {
                 .filter(|key| key.starts_with("PONIX_"))
                 .collect(),
             stack_images: StackImages {
-                nats: images.get("NATS_IMAGE")?.to_owned(),
-                clickhouse: images.get("CLICKHOUSE_IMAGE")?.to_owned(),
+                nats: images.get("NATS_IMAGE")?,
+                clickhouse: images.get("CLICKHOUSE_IMAGE")?,
             },
             run_id: std::process::id().to_string(),
         };
@@ -318,7 +318,7 @@ pub fn image_name(registry: Option<&str>, name: Option<&str>) -> anyhow::Result<
 pub fn pinned_build_args(images: &Images) -> anyhow::Result<Vec<(String, String)>> {
     PINNED_BUILD_ARGS
         .iter()
-        .map(|key| Ok((key.to_string(), images.get(key)?.to_owned())))
+        .map(|key| Ok((key.to_string(), images.get(key)?)))
         .collect()
 }
 

@@ -29,6 +29,8 @@
 //!
 //! [`Insert::end`]: clickhouse::insert::Insert::end
 
+mod client;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ use clickhouse::{Client, Compression};
 use crate::config::ClickHouseConfig;
 use crate::payload;
 use crate::row::ProcessedEnvelopeRow;
+
+pub use client::clickhouse_client;
 
 /// Longest server message kept in a [`StoreError`]. ClickHouse exceptions can quote
 /// large parts of a query; the code and the first few hundred characters are what
@@ -71,7 +75,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// Builds the client. Nothing is sent until the first query.
     pub fn new(config: &ClickHouseConfig) -> Self {
-        let mut client = crate::tls::clickhouse_client(config)
+        let mut client = clickhouse_client(config)
             .with_compression(Compression::Lz4)
             // Shows up in system.query_log's http_user_agent: which service wrote what.
             .with_product_info("ponix-writer", env!("CARGO_PKG_VERSION"));

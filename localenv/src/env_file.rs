@@ -1,6 +1,7 @@
-//! Env files (`KEY=VALUE` lines): pins.env, docker/.env.example and docker/.env,
-//! all of which docker compose reads too, so xtask reads them by compose's rules
-//! (its `--env-file` and `env_file:` syntax), and nothing else does:
+//! Env files (`KEY=VALUE` lines): pins.env, docker/.env.example, docker/.env and
+//! .tools/docker/images.env, all of which docker compose reads too, so the harness
+//! reads them by compose's rules (its `--env-file` and `env_file:` syntax), here and
+//! nowhere else:
 //!
 //! - blank lines and lines starting with `#` are skipped; `export ` before a key
 //!   is allowed;
