@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::Layout;
 use crate::env_file;
+use crate::pins::Pins;
 
 /// The pins.env keys images.env may override.
 pub const OVERRIDDEN: &[&str] = &["NATS_IMAGE", "CLICKHOUSE_IMAGE", "RUNTIME_IMAGE"];
@@ -49,15 +50,40 @@ pub fn parse_overrides(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(names)
 }
 
-/// `key`'s image: images.env's name if it sets one, else pins.env's.
-pub fn pick(
-    overrides: &BTreeMap<String, String>,
-    pinned: impl FnOnce(&str) -> anyhow::Result<String>,
-    key: &str,
-) -> anyhow::Result<String> {
-    match overrides.get(key) {
-        Some(name) => Ok(name.clone()),
-        None => pinned(key),
+/// pins.env, with the image names of images.env over it: every command and test that
+/// runs containers takes its images here.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub pins: Pins,
+    overrides: BTreeMap<String, String>,
+}
+
+impl Images {
+    pub fn load(layout: &Layout) -> anyhow::Result<Images> {
+        Ok(Images {
+            pins: Pins::load(layout)?,
+            overrides: overrides(layout)?,
+        })
+    }
+
+    /// The pins alone: the official images, as where no images.env was written.
+    pub fn official(pins: Pins) -> Images {
+        Images {
+            pins,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_overrides(pins: Pins, overrides: BTreeMap<String, String>) -> Images {
+        Images { pins, overrides }
+    }
+
+    /// `key`'s image: images.env's name if it sets one, else pins.env's.
+    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
+        match self.overrides.get(key) {
+            Some(name) => Ok(name),
+            None => self.pins.get(key),
+        }
     }
 }
 
@@ -67,18 +93,24 @@ mod tests {
 
     #[test]
     fn the_local_names_win_and_an_empty_one_leaves_the_pin() {
+        let pins = Pins::parse(
+            "RUNTIME_IMAGE=debian:bookworm-slim\nNATS_IMAGE=nats:2\nCLICKHOUSE_IMAGE=clickhouse:1\n",
+        )
+        .unwrap();
         let names = parse_overrides(
             "# written by cargo xtask docker\nRUNTIME_IMAGE=ponix-local/debian:bookworm\nCLICKHOUSE_IMAGE=\n",
         )
         .unwrap();
-        let pins = |key: &str| Ok(format!("official-{key}"));
+        let images = Images::with_overrides(pins.clone(), names);
         assert_eq!(
-            pick(&names, pins, "RUNTIME_IMAGE").unwrap(),
+            images.get("RUNTIME_IMAGE").unwrap(),
             "ponix-local/debian:bookworm"
         );
+        assert_eq!(images.get("CLICKHOUSE_IMAGE").unwrap(), "clickhouse:1");
+        assert_eq!(images.get("NATS_IMAGE").unwrap(), "nats:2");
         assert_eq!(
-            pick(&names, pins, "CLICKHOUSE_IMAGE").unwrap(),
-            "official-CLICKHOUSE_IMAGE"
+            Images::official(pins).get("RUNTIME_IMAGE").unwrap(),
+            "debian:bookworm-slim"
         );
     }
 

@@ -22,8 +22,8 @@ use localenv::text::thousands;
 use xshell::{Shell, cmd};
 
 use crate::flags;
-use crate::pins::Pins;
 use crate::tools::fuzz as tools_fuzz;
+use localenv::pins::Pins;
 
 /// The one fuzz target, `fuzz/fuzz_targets/decode_envelope.rs`.
 pub const TARGET: &str = "decode_envelope";

@@ -21,9 +21,9 @@ use xshell::{Shell, cmd};
 use crate::compose::{self, COMPOSE_FILE, ComposeBackend};
 use crate::flags;
 use crate::image::{self, DOCKERFILE, LABEL_BUILD_ARGS, PINNED_BUILD_ARGS};
-use crate::pins::Pins;
 use crate::tools::lint as tools_lint;
 use localenv::env_file;
+use localenv::pins::Pins;
 
 const WORKFLOWS_DIR: &str = ".github/workflows";
 /// Shapes the image's build context (the repository root).

@@ -16,7 +16,6 @@ mod flags;
 mod fuzz;
 mod image;
 mod lint;
-mod pins;
 mod stack;
 mod steps;
 #[cfg(test)]

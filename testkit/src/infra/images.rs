@@ -3,11 +3,8 @@
 //! gives (the local stand-ins of `.tools/docker/images.env` over pins.env's official
 //! images), as for every other container path.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, bail};
 use localenv::Layout;
-use localenv::env_file;
 
 pub const NATS_IMAGE_VAR: &str = "PONIX_TEST_NATS_IMAGE";
 pub const CLICKHOUSE_IMAGE_VAR: &str = "PONIX_TEST_CLICKHOUSE_IMAGE";
@@ -21,12 +18,8 @@ pub struct Images {
 
 impl Images {
     pub fn resolve() -> anyhow::Result<Images> {
-        let layout = Layout::workspace();
-        let path = layout.pins_file();
-        let pins = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the pinned images from {}", path.display()))?;
-        let pins = env_file::parse(&pins).with_context(|| format!("parsing {}", path.display()))?;
-        Images::from_sources(&pins, &localenv::images::overrides(&layout)?, |key| {
+        let chosen = localenv::images::Images::load(&Layout::workspace())?;
+        Images::from_sources(&chosen, |key| {
             std::env::var(key)
                 .ok()
                 .filter(|value| !value.trim().is_empty())
@@ -34,29 +27,16 @@ impl Images {
     }
 
     fn from_sources(
-        pins: &[env_file::Entry],
-        local: &BTreeMap<String, String>,
+        chosen: &localenv::images::Images,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Images> {
-        let pinned = |key: &str| {
-            pins.iter()
-                .rev()
-                .find(|entry| entry.key == key && !entry.value.is_empty())
-                .map(|entry| entry.value.clone())
-        };
         let pick = |env_key: &str, file_key: &str| -> anyhow::Result<String> {
             if let Some(value) = env(env_key) {
                 return Ok(value.trim().to_owned());
             }
-            localenv::images::pick(
-                local,
-                |key| {
-                    pinned(key).with_context(|| {
-                        format!("no {key} in pins.env (or .tools/docker/images.env), and {env_key} is unset")
-                    })
-                },
-                file_key,
-            )
+            chosen.get(file_key).map(str::to_owned).with_context(|| {
+                format!("no {file_key} in pins.env (or .tools/docker/images.env), and {env_key} is unset")
+            })
         };
         Ok(Images {
             nats: pick(NATS_IMAGE_VAR, "NATS_IMAGE")?,
@@ -89,18 +69,21 @@ pub(super) fn split_reference(reference: &str) -> anyhow::Result<(String, String
 
 #[cfg(test)]
 mod tests {
+    use localenv::images::Images as Chosen;
+    use localenv::pins::Pins;
+
     use super::*;
 
     const PINS: &str = "# comment\nNATS_IMAGE=nats:2.15.0-alpine\nCLICKHOUSE_IMAGE=clickhouse/clickhouse-server:25.8.3.66\n";
 
-    fn pins(text: &str) -> Vec<env_file::Entry> {
-        env_file::parse(text).unwrap()
+    fn official(text: &str) -> Chosen {
+        Chosen::official(Pins::parse(text).unwrap())
     }
 
     #[test]
     fn images_come_from_pins_then_the_local_file_then_the_environment() {
         let none = |_: &str| None;
-        let images = Images::from_sources(&pins(PINS), &BTreeMap::new(), none).unwrap();
+        let images = Images::from_sources(&official(PINS), none).unwrap();
         assert_eq!(images.nats, "nats:2.15.0-alpine");
         assert_eq!(images.clickhouse, "clickhouse/clickhouse-server:25.8.3.66");
 
@@ -108,19 +91,20 @@ mod tests {
             "NATS_IMAGE=ponix-local/nats:2.15.0\nCLICKHOUSE_IMAGE=ponix-local/clickhouse:chdb-26.9.0\n",
         )
         .unwrap();
-        let images = Images::from_sources(&pins(PINS), &local, none).unwrap();
+        let local = Chosen::with_overrides(Pins::parse(PINS).unwrap(), local);
+        let images = Images::from_sources(&local, none).unwrap();
         assert_eq!(images.nats, "ponix-local/nats:2.15.0");
         assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
 
         let env = |key: &str| (key == NATS_IMAGE_VAR).then(|| "mine/nats:1".to_owned());
-        let images = Images::from_sources(&pins(PINS), &local, env).unwrap();
+        let images = Images::from_sources(&local, env).unwrap();
         assert_eq!(images.nats, "mine/nats:1");
         assert_eq!(images.clickhouse, "ponix-local/clickhouse:chdb-26.9.0");
     }
 
     #[test]
     fn a_missing_image_names_both_places_to_set_it() {
-        let err = Images::from_sources(&pins("NATS_IMAGE=nats:1\n"), &BTreeMap::new(), |_| None)
+        let err = Images::from_sources(&official("NATS_IMAGE=nats:1\n"), |_| None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("CLICKHOUSE_IMAGE"), "{err}");

@@ -14,7 +14,6 @@
 //! `CLICKHOUSE_IMAGE`, `RUNTIME_IMAGE`), which overrides pins.env for every command
 //! that runs containers; with the official images the file is removed.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,46 +26,13 @@ use xshell::{Shell, cmd};
 use localenv::images::{OVERRIDDEN, images_env};
 
 use crate::choices::ImageSource;
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 const SNAPSHOT_ARCHIVE: &str = "http://snapshot.debian.org/archive/debian";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// How long `docker pull` may try before the registry counts as unreachable (it fails
 /// at once here, but a filtered network can hang).
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// pins.env, with the image names of .tools/docker/images.env over it: every command
-/// that runs containers takes its images here.
-pub struct Images {
-    pub pins: Pins,
-    overrides: BTreeMap<String, String>,
-}
-
-impl Images {
-    pub fn load(layout: &Layout) -> anyhow::Result<Images> {
-        Ok(Images {
-            pins: Pins::load(layout)?,
-            overrides: localenv::images::overrides(layout)?,
-        })
-    }
-
-    /// The pins alone, as where no images.env was written.
-    #[cfg(test)]
-    pub fn from_pins(pins: Pins) -> Images {
-        Images {
-            pins,
-            overrides: BTreeMap::new(),
-        }
-    }
-
-    pub fn get(&self, key: &str) -> anyhow::Result<String> {
-        localenv::images::pick(
-            &self.overrides,
-            |key| self.pins.get(key).map(str::to_owned),
-            key,
-        )
-    }
-}
 
 /// The names of the local stand-ins, all derived from pins.
 #[derive(Debug, Clone, PartialEq, Eq)]

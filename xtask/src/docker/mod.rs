@@ -17,7 +17,7 @@ use xshell::Shell;
 
 use crate::choices::ImageSource;
 use crate::flags;
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 impl flags::Docker {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {

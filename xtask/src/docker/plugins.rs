@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use localenv::local::find_on_path;
 use xshell::{Shell, cmd};
 
-use crate::pins::Pins;
 use crate::tools::install::reports;
+use localenv::pins::Pins;
 
 pub struct Plugin {
     /// `docker <command>`.

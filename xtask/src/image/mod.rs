@@ -29,7 +29,9 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use crate::compose;
-use crate::docker::images::{Images, image_exists};
+use localenv::images::Images;
+
+use crate::docker::images::image_exists;
 use crate::flags;
 
 pub use dockerfile::dockerfile_args;
@@ -76,7 +78,7 @@ impl flags::Image {
         let (origin, why) = choose_origin(
             self.from_host,
             self.from_source,
-            engine.then(|| image_exists(sh, &rust_image)),
+            engine.then(|| image_exists(sh, rust_image)),
             engine && named_contexts_supported(sh),
         );
         println!("[image] the writer: {why}");
@@ -100,8 +102,8 @@ impl flags::Image {
                 .filter(|key| key.starts_with("PONIX_"))
                 .collect(),
             stack_images: StackImages {
-                nats: images.get("NATS_IMAGE")?,
-                clickhouse: images.get("CLICKHOUSE_IMAGE")?,
+                nats: images.get("NATS_IMAGE")?.to_owned(),
+                clickhouse: images.get("CLICKHOUSE_IMAGE")?.to_owned(),
             },
             run_id: std::process::id().to_string(),
         };
@@ -318,7 +320,7 @@ pub fn image_name(registry: Option<&str>, name: Option<&str>) -> anyhow::Result<
 pub fn pinned_build_args(images: &Images) -> anyhow::Result<Vec<(String, String)>> {
     PINNED_BUILD_ARGS
         .iter()
-        .map(|key| Ok((key.to_string(), images.get(key)?)))
+        .map(|key| Ok((key.to_string(), images.get(key)?.to_owned())))
         .collect()
 }
 
@@ -426,7 +428,7 @@ fn migration_files(layout: &Layout) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pins::Pins;
+    use localenv::pins::Pins;
 
     #[test]
     fn image_names() {
@@ -479,7 +481,7 @@ mod tests {
 
     #[test]
     fn every_pinned_build_arg_is_in_pins_env() {
-        let images = Images::from_pins(Pins::load(&Layout::workspace()).unwrap());
+        let images = Images::official(Pins::load(&Layout::workspace()).unwrap());
         let args = pinned_build_args(&images).unwrap();
         assert_eq!(args.len(), PINNED_BUILD_ARGS.len());
     }

@@ -14,7 +14,7 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use super::install::{installed_version, reports};
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 pub const PIN: &str = "CARGO_FUZZ_VERSION";
 

@@ -14,7 +14,7 @@ use localenv::Layout;
 use xshell::Shell;
 
 use super::install::{GoTool, Venv, install_go_tool, installed_version};
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 /// The PyPI linters: (package, its pin in pins.env, the executable it installs).
 pub const PYTHON_LINTERS: &[(&str, &str, &str)] = &[

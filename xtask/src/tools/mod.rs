@@ -17,7 +17,7 @@ use localenv::Layout;
 use xshell::Shell;
 
 use crate::flags;
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 impl flags::Tools {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use localenv::Layout;
 use xshell::{Shell, cmd};
 
 use super::install::{GoTool, Venv, install_go_tool, make_executable, sha256};
-use crate::pins::Pins;
+use localenv::pins::Pins;
 
 /// Build tags that leave out every goose driver except ClickHouse's.
 const GOOSE_BUILD_TAGS: &str = "no_postgres no_mysql no_sqlite3 no_mssql no_vertica no_ydb \

@@ -1,12 +1,12 @@
-//! The pinned versions, read from `pins.env`: the single place each one is set.
+//! The pinned versions, read from `pins.env`: the single place each one is set. xtask
+//! installs and builds from them; testkit takes the container images from them.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 
-use localenv::Layout;
-
-use localenv::env_file;
+use crate::Layout;
+use crate::env_file;
 
 #[derive(Debug, Clone)]
 pub struct Pins {
