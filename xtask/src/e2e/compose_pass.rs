@@ -23,7 +23,7 @@ use crate::stack::{Stack, writer_image};
 use crate::steps::Steps;
 use crate::tools;
 
-use super::cargo_tests;
+use super::writer_test;
 
 /// The drills whose faults the compose way covers, at a size that keeps the pass
 /// within a few minutes.
@@ -79,20 +79,10 @@ pub fn add_steps(sh: &Shell, layout: &Layout, steps: &mut Steps, image: Option<S
         stack.wait_for_rows(layout, DEMO_ROWS, DEMO_DEADLINE)
     });
     steps.run("pipeline, writer in its container", || {
-        let totals = cargo_tests(
-            layout,
-            &env()?,
-            &["-p", "ponix-writer", "--test", "pipeline"],
-        )?;
-        Ok(totals.require_some()?.to_string())
+        writer_test(layout, &env()?, "pipeline")
     });
     steps.run("struct-json round-trips", || {
-        let totals = cargo_tests(
-            layout,
-            &env()?,
-            &["-p", "ponix-writer", "--test", "roundtrip"],
-        )?;
-        Ok(totals.require_some()?.to_string())
+        writer_test(layout, &env()?, "roundtrip")
     });
     steps.run("drills, compose faults", || {
         let mut env = env()?;

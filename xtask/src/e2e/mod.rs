@@ -119,10 +119,7 @@ impl flags::E2e {
                 .expect("the infrastructure is up")
                 .env_vars(&layout)
         };
-        let package_test = |target: &str| {
-            let totals = cargo_tests(&layout, &env()?, &["-p", "ponix-writer", "--test", target])?;
-            Ok(totals.require_some()?.to_string())
-        };
+        let package_test = |target: &str| writer_test(&layout, &env()?, target);
         steps.run("migrations", || package_test("migrations"));
         steps.run("workspace tests", || workspace_tests(&layout, &env()?));
         steps.run("struct-json round-trips", || package_test("roundtrip"));
@@ -260,6 +257,16 @@ fn integration_test_targets(layout: &Layout) -> anyhow::Result<Vec<String>> {
     }
     targets.sort();
     Ok(targets)
+}
+
+/// One integration-test target of the writer as a step: at least one test must run.
+fn writer_test(
+    layout: &Layout,
+    env: &[(&'static str, String)],
+    target: &str,
+) -> anyhow::Result<String> {
+    let totals = cargo_tests(layout, env, &["-p", "ponix-writer", "--test", target])?;
+    Ok(totals.require_some()?.to_string())
 }
 
 /// `cargo test ARGS` with the endpoints in the environment, nothing allowed to

@@ -184,6 +184,12 @@ mod tests {
             "v1.7.12\ninstalled by building from source\n",
             "v1.7.12"
         ));
+        // The docker plugins' version lines.
+        assert!(reports("Docker Compose version v5.6.0\n", "v5.6.0"));
+        assert!(reports("github.com/docker/buildx v0.38.2 \n", "v0.38.2"));
+        assert!(!reports("Docker Compose version dev\n", "v5.6.0"));
+        assert!(!reports("Docker Compose version v5.6.01\n", "v5.6.0"));
+        assert!(!reports("", "v5.6.0"));
         assert!(reports("Haskell Dockerfile Linter 2.15.1\n", "2.15.1"));
         assert!(reports("check-jsonschema, version 0.39.0\n", "0.39.0"));
         assert!(!reports("v1.7.12", "v1.7.1"));
